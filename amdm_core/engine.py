@@ -1,0 +1,50 @@
+"""The aggregation window as a loop over per-member step callables.
+
+The engine knows nothing of the sampler behind a step: a member's step callable takes the
+member's current latent and the step index k and returns its proposal for step k + 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .aggregation import aggregate, deviate
+
+StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What the window does at each of its steps.
+
+    weights and deviation are ``[len(steps), N]``; deviation holds each member's
+    strength (r for 'relative', p for 'absolute').
+    """
+
+    steps: range
+    weights: torch.Tensor
+    deviation: torch.Tensor
+    aggregation: str
+    deviation_mode: str
+
+    def to(self, device: torch.device) -> "WindowPlan":
+        return WindowPlan(self.steps, self.weights.to(device), self.deviation.to(device),
+                          self.aggregation, self.deviation_mode)
+
+
+def aggregation_step(proposals: torch.Tensor, weights: torch.Tensor, deviation: torch.Tensor,
+                     plan: WindowPlan) -> torch.Tensor:
+    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate."""
+    merged = aggregate(proposals, weights, plan.aggregation)
+    return deviate(merged, proposals, deviation, plan.deviation_mode)
+
+
+def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn],
+               plan: WindowPlan) -> list[torch.Tensor]:
+    """Advance every member through the window; returns each member's latent after it."""
+    for j, k in enumerate(plan.steps):
+        proposals = torch.stack([step(x, k) for step, x in zip(step_fns, states)])
+        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan).unbind(0)
+    return list(states)

@@ -1,0 +1,232 @@
+"""The ComfyUI nodes: thin wrappers that build members, schedules and the guider."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..amdm_core import AGGREGATION_MODES, DEVIATION_MODES, NOISE_MODES, WEIGHT_CURVES, Schedule
+from ..amdm_core.schedule import MAX_STEP
+from .guider import AMDMGuider
+from .members import Member
+
+CATEGORY = "sampling/amdm"
+STACK = "AMDM_STACK"
+SCHEDULE = "AMDM_SCHEDULE"
+DEFAULT_SCHEDULE = Schedule()
+
+
+def _node_error(node: str, error: ValueError) -> ValueError:
+    return ValueError(f"{node}: {error}")
+
+
+class ModelStack:
+    DESCRIPTION = ("Adds one model to an AMDM stack: the model with its own prompts, CFG and "
+                   "aggregation weight. Chain ModelStack nodes through 'stack'; the first in "
+                   "the chain is member 1, the default target.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STACK,)
+    RETURN_NAMES = ("stack",)
+    OUTPUT_TOOLTIPS = ("The members so far, this one last.",)
+    FUNCTION = "append"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model of this member, with its "
+                                               "own LoRAs and patches."}),
+                "positive": ("CONDITIONING", {"tooltip": "This member's positive conditioning "
+                                                         "(ControlNet, GLIGEN and hooks act only "
+                                                         "on this member)."}),
+                "negative": ("CONDITIONING", {"tooltip": "This member's negative conditioning."}),
+                "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1,
+                                  "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale of this member."}),
+                "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                     "tooltip": "Share of this member in the aggregated latent "
+                                                "(relative to the other members' weights)."}),
+                "deviation": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
+                                        "tooltip": "Multiplies the schedule's deviation strength "
+                                                   "for this member: how far its copy of the "
+                                                   "merged latent is pulled back to its own."}),
+            },
+            "optional": {
+                "stack": (STACK, {"tooltip": "Members added before this one."}),
+                "name": ("STRING", {"default": "", "tooltip": "Label used in error messages "
+                                                             "and on the schedule drawing."}),
+            },
+        }
+
+    def append(self, model: Any, positive: list, negative: list, cfg: float, weight: float,
+               deviation: float, stack: tuple = (), name: str = "") -> tuple:
+        member = Member(model, positive, negative, cfg, weight, deviation, name.strip())
+        return (tuple(stack) + (member,),)
+
+
+class AggregationSchedule:
+    DESCRIPTION = ("When and how the members are aggregated: the window of early steps, the "
+                   "aggregation mode, the weight curve over the window, the deviation "
+                   "optimisation, which member is the target and how members get noise.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (SCHEDULE,)
+    RETURN_NAMES = ("schedule",)
+    OUTPUT_TOOLTIPS = ("Connect to AMDMSampler or AMDMGuider.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        d = DEFAULT_SCHEDULE
+        return {
+            "required": {
+                "start_percent": ("FLOAT", {"default": d.start_percent, "min": 0.0, "max": 1.0,
+                                            "step": 0.01,
+                                            "tooltip": "Start of the window, as a fraction of "
+                                                       "the denoising (ComfyUI's timestep "
+                                                       "percent, as in ConditioningSetTimestepRange)."}),
+                "end_percent": ("FLOAT", {"default": d.end_percent, "min": 0.0, "max": 1.0,
+                                          "step": 0.01,
+                                          "tooltip": "End of the window; after it the target "
+                                                     "finishes alone and the others stop."}),
+                "aggregation": (AGGREGATION_MODES, {"default": d.aggregation,
+                                                    "tooltip": "linear: weighted mean; slerp: "
+                                                               "weighted mean rescaled to the "
+                                                               "members' mean norm; paper: "
+                                                               "weights normalised to unit L2 "
+                                                               "norm as in the AMDM paper."}),
+                "weight_curve": (WEIGHT_CURVES, {"default": d.weight_curve,
+                                                 "tooltip": "How the non-target members' "
+                                                            "weights change across the window."}),
+                "deviation_mode": (DEVIATION_MODES, {"default": d.deviation_mode,
+                                                     "tooltip": "none: every member continues "
+                                                                "from the merged latent; "
+                                                                "relative: pulled back a fraction "
+                                                                "towards its own proposal; "
+                                                                "absolute: by a fixed length (the "
+                                                                "paper's p; depends on latent "
+                                                                "size)."}),
+                "deviation_strength": ("FLOAT", {"default": d.deviation_strength, "min": 0.0,
+                                                 "max": 1000.0, "step": 0.01,
+                                                 "tooltip": "relative: fraction in [0, 1]; "
+                                                            "absolute: length (about 45-55 for "
+                                                            "a 4x64x64 latent in the paper)."}),
+                "target_member": ("INT", {"default": d.target_member, "min": 1, "max": 64,
+                                          "tooltip": "Which member (1 = first in the chain) "
+                                                     "produces the image."}),
+                "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
+                                             "tooltip": "independent: each member starts from "
+                                                        "its own noise derived from the seed; "
+                                                        "shared: all start from the target's."}),
+            },
+            "optional": {
+                "start_step": ("INT", {"default": d.start_step, "min": 0, "max": MAX_STEP,
+                                       "tooltip": "Also require step index >= start_step "
+                                                  "(0 = no limit)."}),
+                "end_step": ("INT", {"default": d.end_step, "min": 0, "max": MAX_STEP,
+                                     "tooltip": "Also require step index < end_step "
+                                                f"({MAX_STEP} = no limit)."}),
+            },
+        }
+
+    def build(self, **inputs: Any) -> tuple:
+        try:
+            return (Schedule(**inputs),)
+        except ValueError as error:
+            raise _node_error("AggregationSchedule", error) from None
+
+
+def _guider(node: str, stack: tuple, schedule: Optional[Schedule]) -> AMDMGuider:
+    try:
+        return AMDMGuider(stack, DEFAULT_SCHEDULE if schedule is None else schedule)
+    except ValueError as error:
+        raise _node_error(node, error) from None
+
+
+class AMDMGuiderNode:
+    DESCRIPTION = ("A GUIDER that runs AMDM: use it with SamplerCustomAdvanced and any NOISE, "
+                   "SAMPLER and SIGMAS.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("GUIDER",)
+    OUTPUT_TOOLTIPS = ("Connect to SamplerCustomAdvanced.",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {"stack": (STACK, {"tooltip": "The members, from ModelStack."})},
+            "optional": {"schedule": (SCHEDULE, {"tooltip": "The aggregation schedule; the "
+                                                            "defaults when not connected."})},
+        }
+
+    def get_guider(self, stack: tuple, schedule: Optional[Schedule] = None) -> tuple:
+        return (_guider("AMDMGuider", stack, schedule),)
+
+
+class AMDMSamplerNode:
+    DESCRIPTION = ("KSampler for an AMDM stack: the members' early steps are aggregated into "
+                   "the target member, which finishes alone. Returns the target's latent.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The target member's denoised latent.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "stack": (STACK, {"tooltip": "The members, from ModelStack."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "control_after_generate": True,
+                                 "tooltip": "Seed of the target's noise (exactly KSampler's); "
+                                            "the other members' noise derives from it."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
+                                  "tooltip": "Number of sampler steps."}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,
+                                 {"tooltip": "The sampler; multistep samplers restart their "
+                                             "history at every aggregated step."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,
+                              {"tooltip": "The scheduler, computed on the target's model."}),
+                "latent_image": ("LATENT", {"tooltip": "The latent to denoise (its noise_mask "
+                                                       "is honoured)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Amount of denoising, as in KSampler."}),
+            },
+            "optional": {"schedule": (SCHEDULE, {"tooltip": "The aggregation schedule; the "
+                                                            "defaults when not connected."})},
+        }
+
+    def sample(self, stack: tuple, seed: int, steps: int, sampler_name: str, scheduler: str,
+               latent_image: dict, denoise: float, schedule: Optional[Schedule] = None) -> tuple:
+        guider = _guider("AMDMSampler", stack, schedule)
+        model = guider.model_patcher
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device,
+                                         sampler=sampler_name, scheduler=scheduler,
+                                         denoise=denoise, model_options=model.model_options).sigmas
+        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+                                denoise_mask=latent_image.get("noise_mask"),
+                                callback=latent_preview.prepare_callback(model, steps),
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples.to(comfy.model_management.intermediate_device())
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "ModelStack": ModelStack,
+    "AggregationSchedule": AggregationSchedule,
+    "AMDMGuider": AMDMGuiderNode,
+    "AMDMSampler": AMDMSamplerNode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ModelStack": "AMDM Model Stack",
+    "AggregationSchedule": "AMDM Aggregation Schedule",
+    "AMDMGuider": "AMDM Guider",
+    "AMDMSampler": "AMDM Sampler",
+}
