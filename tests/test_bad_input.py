@@ -1,0 +1,164 @@
+"""Bad input is a clear error, naming the node input or stack member, before any sampling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from support.comfy_env import run_node
+
+
+@pytest.fixture(scope="module")
+def conds(sd15, encode):
+    clip = sd15[1]
+    return encode(clip, "a red cube"), encode(clip, "")
+
+
+@pytest.fixture
+def evaluations():
+    return []
+
+
+@pytest.fixture
+def counted(sd15, evaluations):
+    """The fixture model, counting every UNet evaluation."""
+    model = sd15[0].clone()
+
+    def wrapper(apply_model, args):
+        evaluations.append(1)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    model.set_model_unet_function_wrapper(wrapper)
+    return model
+
+
+def stack(*members):
+    result = ()
+    for model, positive, negative, options in members:
+        result = run_node("ModelStack", model=model, positive=positive, negative=negative,
+                          cfg=options.get("cfg", 7.0), weight=options.get("weight", 1.0),
+                          deviation=options.get("deviation", 1.0), stack=result,
+                          name=options.get("name", ""))[0]
+    return result
+
+
+def schedule(**overrides):
+    values = dict(start_percent=0.0, end_percent=0.5, aggregation="linear",
+                  weight_curve="constant", deviation_mode="none", deviation_strength=0.0,
+                  target_member=1, noise_mode="independent", start_step=0, end_step=10000)
+    values.update(overrides)
+    return run_node("AggregationSchedule", **values)[0]
+
+
+def sample(members, amdm_schedule=None):
+    latent = run_node("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    return run_node("AMDMSampler", stack=members, seed=0, steps=4, sampler_name="euler",
+                    scheduler="normal", latent_image=latent, denoise=1.0,
+                    schedule=amdm_schedule)
+
+
+def test_empty_stack(pack, evaluations):
+    with pytest.raises(ValueError, match="AMDMSampler: the stack is empty"):
+        sample(())
+    with pytest.raises(ValueError, match="AMDMGuider: the stack is empty"):
+        run_node("AMDMGuider", stack=())
+
+
+@pytest.mark.parametrize("weight", [-0.5, math.nan, math.inf])
+def test_bad_member_weight_names_the_member(pack, counted, conds, weight):
+    with pytest.raises(ValueError, match="ModelStack 'style': weight must be a finite number >= 0"):
+        stack((counted, *conds, {"weight": weight, "name": "style"}))
+
+
+def test_bad_member_deviation_and_cfg(pack, counted, conds):
+    with pytest.raises(ValueError, match="ModelStack: deviation must be"):
+        stack((counted, *conds, {"deviation": -1.0}))
+    with pytest.raises(ValueError, match="ModelStack: cfg must be a finite number"):
+        stack((counted, *conds, {"cfg": math.nan}))
+
+
+def test_all_weights_zero(pack, counted, conds, evaluations):
+    members = stack((counted, *conds, {"weight": 0.0}), (counted, *conds, {"weight": 0.0}))
+    with pytest.raises(ValueError, match="AMDMSampler: every member's weight is 0"):
+        sample(members)
+    assert evaluations == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"start_percent": 0.6, "end_percent": 0.3}, "end_percent \\(0.3\\) must be greater"),
+    ({"start_percent": 0.4, "end_percent": 0.4}, "end_percent \\(0.4\\) must be greater"),
+    ({"start_percent": -0.1}, "start_percent must lie in \\[0, 1\\]"),
+    ({"end_percent": 1.1}, "end_percent must lie in \\[0, 1\\]"),
+    ({"start_step": 8, "end_step": 8}, "end_step \\(8\\) must be greater"),
+    ({"deviation_mode": "relative", "deviation_strength": 1.5},
+     "deviation_strength is a fraction in \\[0, 1\\]"),
+])
+def test_bad_window_names_the_schedule_input(pack, overrides, message):
+    with pytest.raises(ValueError, match="AggregationSchedule: " + message):
+        schedule(**overrides)
+
+
+def test_target_outside_the_stack(pack, counted, conds, evaluations):
+    members = stack((counted, *conds, {}), (counted, *conds, {}))
+    with pytest.raises(ValueError, match="target_member \\(3\\) is outside the stack of 2"):
+        sample(members, schedule(target_member=3))
+    assert evaluations == []
+
+
+def test_relative_deviation_above_one_names_the_member(pack, counted, conds, evaluations):
+    members = stack((counted, *conds, {}), (counted, *conds, {"deviation": 2.0, "name": "layout"}))
+    with pytest.raises(ValueError, match="member 2 \\('layout'\\): deviation 2.0 x"):
+        sample(members, schedule(deviation_mode="relative", deviation_strength=0.8))
+    assert evaluations == []
+
+
+def _flow_model(model):
+    return run_node("ModelSamplingSD3", model=model, shift=3.0)[0]
+
+
+def _zsnr_model(model):
+    return run_node("ModelSamplingDiscrete", model=model, sampling="eps", zsnr=True)[0]
+
+
+def _other_latent_format(model):
+    import comfy.latent_formats
+    patched = model.clone()
+    patched.add_object_patch("latent_format", comfy.latent_formats.SDXL())
+    return patched
+
+
+@pytest.mark.parametrize("make_foreign, message", [
+    (_flow_model, "model_sampling family"),
+    (_zsnr_model, "sigma range"),
+    (_other_latent_format, "latent format"),
+])
+def test_members_of_another_ecosystem(pack, counted, conds, evaluations, make_foreign, message):
+    members = stack((counted, *conds, {}), (make_foreign(counted), *conds, {"name": "alien"}))
+    with pytest.raises(ValueError, match=f"member 2 \\('alien'\\) is not of the same ecosystem "
+                                         f"as member 1: {message}"):
+        sample(members)
+    assert evaluations == []
+
+
+def test_v_prediction_shares_the_sigma_space(pack, counted, conds):
+    v_model = run_node("ModelSamplingDiscrete", model=counted, sampling="v_prediction",
+                       zsnr=False)[0]
+    out = sample(stack((counted, *conds, {}), (v_model, *conds, {})))[0]["samples"]
+    assert torch.isfinite(out).all()
+
+
+def test_a_sampler_that_is_not_k_diffusion_is_refused(pack, counted, conds, evaluations):
+    import comfy.samplers
+    from comfyui_amdm.amdm_core import Schedule
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    class OpaqueSampler(comfy.samplers.Sampler):
+        def sample(self, *args, **kwargs):
+            raise AssertionError("must not be called")
+
+    guider = AMDMGuider([Member(counted, *conds, 7.0), Member(counted, *conds, 5.0)], Schedule())
+    latent = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(TypeError, match="AMDM steps a k-diffusion SAMPLER"):
+        guider.sample(torch.randn_like(latent), latent, OpaqueSampler(),
+                      torch.tensor([14.6, 1.0, 0.0]))
+    assert evaluations == []

@@ -1,0 +1,359 @@
+"""AMDM inside ComfyUI's real sampler loop, on real (tiny, random) SD1.5 checkpoints.
+
+Every comparison is against ComfyUI's own KSampler node on the same model, seed, sigmas.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from support.comfy_env import run_node
+
+STEPS = 8
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def amdm(pack):
+    from comfyui_amdm.amdm_core import Schedule
+    from comfyui_amdm.nodes import Member
+    return Member, Schedule
+
+
+@pytest.fixture(scope="module")
+def prompts(sd15, encode):
+    _, clip, _ = sd15
+    return {name: encode(clip, text) for name, text in {
+        "red": "a red cube on the left", "blue": "a blue ball on the right",
+        "cat": "a cat in a garden", "empty": ""}.items()}
+
+
+@pytest.fixture(scope="module")
+def model_a(sd15):
+    return sd15[0]
+
+
+@pytest.fixture(scope="module")
+def model_b(load_checkpoint):
+    return load_checkpoint("dreamshaper_8.safetensors")[0]
+
+
+@pytest.fixture(scope="module")
+def model_c(load_checkpoint):
+    return load_checkpoint("realisticVisionV60B1_v51VAE.safetensors")[0]
+
+
+def empty_latent(batch: int = 1) -> dict:
+    return run_node("EmptyLatentImage", width=64, height=64, batch_size=batch)[0]
+
+
+def ksampler(model, positive, negative, cfg, sampler, latent=None, seed=SEED, steps=STEPS,
+             scheduler="normal", denoise=1.0):
+    latent = empty_latent() if latent is None else latent
+    return run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg,
+                    sampler_name=sampler, scheduler=scheduler, positive=positive,
+                    negative=negative, latent_image=latent, denoise=denoise)[0]["samples"]
+
+
+def amdm_sampler(stack, schedule, sampler, latent=None, seed=SEED, steps=STEPS,
+                 scheduler="normal", denoise=1.0):
+    latent = empty_latent() if latent is None else latent
+    return run_node("AMDMSampler", stack=tuple(stack), seed=seed, steps=steps,
+                    sampler_name=sampler, scheduler=scheduler, latent_image=latent,
+                    denoise=denoise, schedule=schedule)[0]["samples"]
+
+
+class EvaluationLog:
+    """Records every UNet evaluation of a model through ComfyUI's unet function wrapper."""
+
+    def __init__(self):
+        self.sigmas: dict[str, list[float]] = {}
+
+    def watch(self, model, name: str):
+        watched = model.clone()
+        log = self.sigmas.setdefault(name, [])
+
+        def wrapper(apply_model, args):
+            log.append(float(args["timestep"][0]))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        watched.set_model_unet_function_wrapper(wrapper)
+        return watched
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
+def test_one_member_and_empty_window_equal_ksampler_bit_for_bit(amdm, model_a, model_b, prompts,
+                                                               sampler):
+    Member, Schedule = amdm
+    reference = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, sampler)
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    other = Member(model_b, prompts["blue"], prompts["empty"], 5.0)
+    alone = amdm_sampler([target], Schedule(), sampler)
+    outside = amdm_sampler([target, other], Schedule(start_step=STEPS, end_step=STEPS + 5), sampler)
+    assert torch.equal(alone, reference)
+    assert torch.equal(outside, reference)
+
+
+@pytest.mark.parametrize("target_member", [1, 2])
+def test_zero_weight_members_match_ksampler_with_euler(amdm, model_a, model_b, prompts,
+                                                       target_member):
+    Member, Schedule = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    target = members[target_member - 1]
+    members = [Member(m.model, m.positive, m.negative, m.cfg,
+                      weight=1.0 if m is target else 0.0, deviation=0.0) for m in members]
+    reference = ksampler(target.model, target.positive, target.negative, target.cfg, "euler")
+    for aggregation in ("linear", "slerp", "paper"):
+        out = amdm_sampler(members, Schedule(end_percent=0.6, aggregation=aggregation,
+                                             target_member=target_member), "euler")
+        assert (out - reference).abs().max() <= 1e-5, aggregation
+
+
+def test_identical_members_aggregate_to_plain_sampling(amdm, model_a, prompts):
+    """Noise scaling happens once for the whole run: aggregating identical trajectories
+    (shared noise, deterministic sampler) changes nothing."""
+    Member, Schedule = amdm
+    member = Member(model_a, prompts["cat"], prompts["empty"], 6.0)
+    reference = ksampler(model_a, prompts["cat"], prompts["empty"], 6.0, "euler")
+    for aggregation in ("linear", "slerp"):
+        out = amdm_sampler([member, member], Schedule(end_percent=0.7, aggregation=aggregation,
+                                                      noise_mode="shared"), "euler")
+        assert (out - reference).abs().max() <= 1e-4, aggregation
+
+
+def test_aggregation_changes_the_result_and_is_deterministic(amdm, model_a, model_b, prompts):
+    Member, Schedule = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    schedule = Schedule(end_percent=0.5)
+    first = amdm_sampler(members, schedule, "euler_ancestral")
+    again = amdm_sampler(members, schedule, "euler_ancestral")
+    other_seed = amdm_sampler(members, schedule, "euler_ancestral", seed=SEED + 1)
+    plain = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler_ancestral")
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other_seed)
+    assert not torch.allclose(first, plain)
+    assert torch.isfinite(first).all()
+
+
+def test_other_members_are_evaluated_only_inside_the_window(amdm, model_a, model_b, model_c,
+                                                             prompts):
+    Member, Schedule = amdm
+    log = EvaluationLog()
+    members = [Member(log.watch(model_a, "a"), prompts["red"], prompts["empty"], 7.0),
+               Member(log.watch(model_b, "b"), prompts["blue"], prompts["empty"], 5.0),
+               Member(log.watch(model_c, "c"), prompts["cat"], prompts["empty"], 4.0)]
+    schedule = Schedule(start_percent=0.0, end_step=3, target_member=2)
+    amdm_sampler(members, schedule, "euler", steps=10)
+    sigmas = run_node("BasicScheduler", model=model_a, scheduler="normal", steps=10,
+                      denoise=1.0)[0].tolist()
+    window_sigmas = pytest.approx(sigmas[:3], rel=1e-5)
+    assert log.sigmas["b"] == pytest.approx(sigmas[:10], rel=1e-5)
+    assert log.sigmas["a"] == window_sigmas
+    assert log.sigmas["c"] == window_sigmas
+
+
+def test_a_late_window_starts_members_from_the_targets_latent(amdm, model_a, model_b, prompts):
+    Member, Schedule = amdm
+    log = EvaluationLog()
+    members = [Member(log.watch(model_a, "a"), prompts["red"], prompts["empty"], 7.0),
+               Member(log.watch(model_b, "b"), prompts["blue"], prompts["empty"], 5.0)]
+    out = amdm_sampler(members, Schedule(end_percent=1.0, start_step=2, end_step=5), "euler",
+                       steps=10)
+    assert len(log.sigmas["a"]) == 10 and len(log.sigmas["b"]) == 3
+    assert torch.isfinite(out).all()
+
+
+def test_seeds_of_stochastic_steps_differ_at_every_aggregated_step(comfy, amdm, model_a, model_b,
+                                                                   prompts):
+    import comfy.k_diffusion.sampling as kd
+    import comfy.samplers
+    from comfyui_amdm.nodes import AMDMGuider
+    Member, Schedule = amdm
+    seeds = []
+
+    def recording_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        seeds.append(extra_args["seed"])
+        return kd.sample_euler_ancestral(model, x, sigmas, extra_args=extra_args,
+                                         callback=callback, disable=disable)
+
+    guider = AMDMGuider([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                         Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                        Schedule(end_percent=1.0, start_step=1, end_step=5))
+    latent = empty_latent()["samples"]
+    sigmas = run_node("BasicScheduler", model=model_a, scheduler="normal", steps=STEPS,
+                      denoise=1.0)[0]
+    guider.sample(torch.randn(latent.shape, generator=torch.manual_seed(3)), latent,
+                  comfy.samplers.KSAMPLER(recording_ancestral), sigmas, seed=SEED)
+    # one call before the window, 4 steps x 2 members inside it, one call after it
+    assert len(seeds) == 1 + 8 + 1
+    assert seeds[0] == SEED
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_lora_member_is_evaluated_with_its_own_weights(amdm, model_a, prompts, fixture_files):
+    """A LoRA clone of the target shares its torch module: each evaluation must see its own
+    member's weights, before, inside and after the window."""
+    Member, Schedule = amdm
+    lora_name = fixture_files["lora"].name
+    lora_model = run_node("LoraLoaderModelOnly", model=model_a, lora_name=lora_name,
+                          strength_model=1.0)[0]
+    plain = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    styled = Member(lora_model, prompts["red"], prompts["empty"], 7.0)
+    schedule = Schedule(end_percent=0.5)
+
+    def only(target_member, weights):
+        members = [Member(m.model, m.positive, m.negative, m.cfg, weight=w, deviation=0.0)
+                   for m, w in zip((plain, styled), weights)]
+        return amdm_sampler(members, Schedule(end_percent=0.5, target_member=target_member),
+                            "euler")
+
+    reference_plain = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler")
+    reference_lora = ksampler(lora_model, prompts["red"], prompts["empty"], 7.0, "euler")
+    assert not torch.allclose(reference_plain, reference_lora)
+    assert (only(1, (1.0, 0.0)) - reference_plain).abs().max() <= 1e-5
+    assert (only(2, (0.0, 1.0)) - reference_lora).abs().max() <= 1e-5
+    mixed = amdm_sampler([plain, styled], schedule, "euler")
+    same = amdm_sampler([plain, plain], schedule, "euler")
+    assert not torch.allclose(mixed, same)
+    # the target's weights are restored once the window is over
+    assert torch.equal(ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler"),
+                       reference_plain)
+
+
+def test_attention_patch_on_a_member_acts(amdm, model_a, model_b, prompts):
+    """IP-Adapter-style packs patch attention through model_options; a member keeps them."""
+    Member, Schedule = amdm
+    patched = model_b.clone()
+    patched.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k * 3.0, v * -1.0))
+    schedule = Schedule(end_percent=0.5)
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    with_patch = amdm_sampler([target, Member(patched, prompts["blue"], prompts["empty"], 5.0)],
+                              schedule, "euler")
+    without = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                           schedule, "euler")
+    assert not torch.allclose(with_patch, without)
+
+
+def test_controlnet_on_a_member_acts(amdm, model_a, model_b, prompts, fixture_files):
+    Member, Schedule = amdm
+    controlnet = run_node("ControlNetLoader",
+                          control_net_name=fixture_files["controlnet"].name)[0]
+    hint = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(0))
+    positive, negative = run_node("ControlNetApplyAdvanced", positive=prompts["blue"],
+                                  negative=prompts["empty"], control_net=controlnet, image=hint,
+                                  strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    schedule = Schedule(end_percent=0.5)
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    controlled = amdm_sampler([target, Member(model_b, positive, negative, 5.0)], schedule,
+                              "euler")
+    free = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                        schedule, "euler")
+    assert not torch.allclose(controlled, free)
+
+
+def test_gligen_on_a_member_acts(amdm, model_a, model_b, prompts, sd15, fixture_files):
+    Member, Schedule = amdm
+    clip = sd15[1]
+    gligen = run_node("GLIGENLoader", gligen_name=fixture_files["gligen"].name)[0]
+    boxed = run_node("GLIGENTextBoxApply", conditioning_to=prompts["blue"], clip=clip,
+                     gligen_textbox_model=gligen, text="a blue ball", width=32, height=32,
+                     x=0, y=0)[0]
+    schedule = Schedule(end_percent=0.5)
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    laid_out = amdm_sampler([target, Member(model_b, boxed, prompts["empty"], 5.0)], schedule,
+                            "euler")
+    free = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                        schedule, "euler")
+    assert not torch.allclose(laid_out, free)
+
+
+def test_img2img_inpainting_and_batches(amdm, model_a, model_b, prompts):
+    Member, Schedule = amdm
+    source = torch.randn(2, 4, 8, 8, generator=torch.manual_seed(5))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :, :4] = 1.0
+    latent = {"samples": source, "noise_mask": mask}
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    other = Member(model_b, prompts["blue"], prompts["empty"], 5.0)
+    schedule = Schedule(end_percent=0.8)
+    alone = amdm_sampler([target], schedule, "euler", latent=latent, denoise=0.6)
+    assert torch.equal(alone, ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler",
+                                       latent=latent, denoise=0.6))
+    out = amdm_sampler([target, other], schedule, "euler", latent=latent, denoise=0.6)
+    assert out.shape == source.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, alone)
+    # outside the mask the source latent is kept, inside it the image is regenerated
+    torch.testing.assert_close(out[..., 4:], source[..., 4:], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out[..., :4], source[..., :4])
+
+
+def test_batch_items_do_not_interact(amdm, model_a, model_b, prompts):
+    import comfy.samplers
+    from comfyui_amdm.nodes import AMDMGuider
+    Member, Schedule = amdm
+    guider = AMDMGuider([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                         Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                        Schedule(end_percent=0.6, aggregation="slerp", noise_mode="shared",
+                                 deviation_mode="absolute", deviation_strength=2.0))
+    noise = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(9))
+    latent = torch.zeros_like(noise)
+    sigmas = run_node("BasicScheduler", model=model_a, scheduler="karras", steps=STEPS,
+                      denoise=1.0)[0]
+    sampler = comfy.samplers.sampler_object("euler")
+    batch = guider.sample(noise, latent, sampler, sigmas, seed=SEED)
+    for b in range(3):
+        single = guider.sample(noise[b:b + 1], latent[b:b + 1], sampler, sigmas, seed=SEED)
+        torch.testing.assert_close(batch[b:b + 1], single, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, amdm, model_a,
+                                                                         model_b, prompts):
+    import comfy.model_management
+    import comfy.utils
+    Member, Schedule = amdm
+    updates = []
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                   Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+        amdm_sampler(members, Schedule(start_step=2, end_step=6), "dpmpp_2m", steps=10)
+        assert updates == [(i, 10) for i in range(1, 11)]
+
+        log = EvaluationLog()
+        interrupting = model_b.clone()
+        evaluations = []
+
+        def interrupt_on_second_call(apply_model, args):
+            evaluations.append(1)
+            if len(evaluations) == 2:
+                comfy.model_management.interrupt_current_processing(True)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        interrupting.set_model_unet_function_wrapper(interrupt_on_second_call)
+        members = [Member(log.watch(model_a, "a"), prompts["red"], prompts["empty"], 7.0),
+                   Member(interrupting, prompts["blue"], prompts["empty"], 5.0)]
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            amdm_sampler(members, Schedule(end_step=6), "euler", steps=10)
+        assert len(evaluations) == 2
+        assert len(log.sigmas["a"]) == 2
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy.model_management.interrupt_current_processing(False)
+
+
+def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b, prompts):
+    import comfy.model_management
+    Member, Schedule = amdm
+    seen = []
+    watched_b = model_b.clone()
+
+    def record_loaded(apply_model, args):
+        seen.append(set(map(id, comfy.model_management.loaded_models())))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    watched_b.set_model_unet_function_wrapper(record_loaded)
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(watched_b, prompts["blue"], prompts["empty"], 5.0)]
+    amdm_sampler(members, Schedule(end_step=3), "euler")
+    assert len(seen) == 3
+    assert all(id(watched_b) in ids and id(model_a) in ids for ids in seen)
