@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Prepare a machine to run this pack's tests: Python dependencies, ComfyUI, fixture models.
+# Idempotent: every step checks first and does nothing when already done.
+#
+#   bash scripts/setup.sh            # Python deps, ComfyUI, fixture models
+#   bash scripts/setup.sh --browser  # ... plus Debian's chromium for the browser tests
+#
+# ComfyUI is looked for, in order, at $COMFYUI_PATH, the ComfyUI containing this checkout
+# (<ComfyUI>/custom_nodes/<this repo>), $COMFYUI_AMDM_CACHE/ComfyUI and
+# ~/.cache/comfyui-amdm/ComfyUI; if none exists it is cloned (tag v0.3.64) when GitHub is
+# reachable. Generated files live under ${COMFYUI_AMDM_CACHE:-~/.cache/comfyui-amdm}.
+set -euo pipefail
+
+COMFYUI_TAG="v0.3.64"
+COMFYUI_REPO="https://github.com/Comfy-Org/ComfyUI"
+TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+# Optional ComfyUI extras that nothing here uses (audio, kornia filters). spandrel stays: without
+# it ComfyUI registers no UpscaleModelLoader and its 1.27 frontend cannot create loader nodes.
+SKIPPED_REQUIREMENTS="torchaudio kornia"
+
+want_browser=0
+for arg in "$@"; do
+    case "$arg" in
+        --browser) want_browser=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_dir="${COMFYUI_AMDM_CACHE:-$HOME/.cache/comfyui-amdm}"
+python="${PYTHON:-python3}"
+log() { echo "setup: $*"; }
+
+pip_install() {
+    "$python" -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+# --- torch -------------------------------------------------------------------------------
+if "$python" -c "import torch, torchvision" 2>/dev/null; then
+    log "torch $("$python" -c 'import torch; print(torch.__version__)') present"
+else
+    log "installing ${TORCH_PINS[*]}"
+    pip_install "${TORCH_PINS[@]}"
+fi
+
+# --- ComfyUI -----------------------------------------------------------------------------
+is_comfyui() { [[ -f "$1/main.py" && -d "$1/comfy" ]]; }
+
+locate_comfyui() {
+    if [[ -n "${COMFYUI_PATH:-}" ]]; then
+        if is_comfyui "$COMFYUI_PATH"; then echo "$COMFYUI_PATH"; return 0; fi
+        echo "setup: COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout (no main.py, comfy/)" >&2
+        return 2
+    fi
+    local parent
+    parent="$(dirname "$repo_root")"
+    if [[ "$(basename "$parent")" == "custom_nodes" ]] && is_comfyui "$(dirname "$parent")"; then
+        dirname "$parent"; return 0
+    fi
+    local candidate
+    for candidate in "$cache_dir/ComfyUI" "$HOME/.cache/comfyui-amdm/ComfyUI"; do
+        if is_comfyui "$candidate"; then echo "$candidate"; return 0; fi
+    done
+    return 1
+}
+
+status=0
+comfy_dir="$(locate_comfyui)" || status=$?
+if [[ $status -eq 2 ]]; then
+    exit 1
+elif [[ $status -ne 0 ]]; then
+    comfy_dir="$cache_dir/ComfyUI"
+    if command -v git >/dev/null && timeout 30 git ls-remote --exit-code --tags "$COMFYUI_REPO" "$COMFYUI_TAG" >/dev/null 2>&1; then
+        log "cloning ComfyUI $COMFYUI_TAG into $comfy_dir"
+        mkdir -p "$cache_dir"
+        rm -rf "$comfy_dir.partial"
+        git clone --quiet --depth 1 --branch "$COMFYUI_TAG" "$COMFYUI_REPO" "$comfy_dir.partial"
+        mv "$comfy_dir.partial" "$comfy_dir"
+    else
+        cat >&2 <<EOF
+setup: ComfyUI not found and $COMFYUI_REPO is not reachable. Provide ComfyUI $COMFYUI_TAG by
+  - setting COMFYUI_PATH to a ComfyUI directory, or
+  - placing it at $comfy_dir, or
+  - putting this repository in <ComfyUI>/custom_nodes/.
+EOF
+        exit 1
+    fi
+fi
+log "ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy_dir/comfyui_version.py" 2>/dev/null) at $comfy_dir"
+
+# --- Python requirements -----------------------------------------------------------------
+# ComfyUI's own requirements (its pins, not ours), minus the skipped extras, plus test tools.
+missing="$("$python" - "$comfy_dir/requirements.txt" "$SKIPPED_REQUIREMENTS" <<'EOF'
+import sys
+from importlib import metadata
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+requirements_file, skipped = sys.argv[1], set(sys.argv[2].split())
+lines = [line.split("#", 1)[0].strip() for line in open(requirements_file, encoding="utf-8")]
+lines += ["pytest", "playwright"]
+for line in filter(None, lines):
+    try:
+        requirement = Requirement(line)
+    except InvalidRequirement:
+        print(line)
+        continue
+    if requirement.name.lower() in skipped:
+        continue
+    try:
+        installed = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        print(line)
+        continue
+    if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+        print(line)
+EOF
+)"
+if [[ -n "$missing" ]]; then
+    log "installing: $(echo "$missing" | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    pip_install $missing
+else
+    log "Python requirements satisfied"
+fi
+
+# --- browser -----------------------------------------------------------------------------
+if [[ $want_browser -eq 1 ]]; then
+    if [[ -x /usr/bin/chromium ]]; then
+        log "chromium present"
+    else
+        log "installing Debian chromium"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+fi
+
+# --- fixture models ----------------------------------------------------------------------
+COMFYUI_PATH="$comfy_dir" "$python" -c '
+import logging, sys, time
+sys.path.insert(0, sys.argv[1])
+logging.basicConfig(level=logging.ERROR, format="%(message)s")
+from support import fixture_models
+started = time.perf_counter()
+files = fixture_models.ensure_fixture_models()
+print(f"setup: fixture models ready in {fixture_models.fixtures_dir()} ({time.perf_counter() - started:.1f}s)")
+' "$repo_root/tests"

@@ -1,0 +1,150 @@
+"""Shared fixtures: ComfyUI in-process on the CPU, the pack, fixture models, a real server.
+
+ComfyUI is made importable (and forced onto the CPU) when this file is imported, before any
+test module is collected, so test modules may ``import comfy...``, ``import nodes`` (ComfyUI's)
+and ``import comfyui_amdm...`` (this repository, loaded as ComfyUI loads a custom node) at the
+top level. A missing ComfyUI is an error with instructions, never a skip.
+
+Session-scoped models are shared by all tests: clone a ModelPatcher / CLIP before patching it
+(as ComfyUI's own nodes do) instead of mutating the shared object.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from support import comfy_env, fixture_models
+from support.comfy_server import ComfyServer
+
+comfy_env.setup_comfy_in_process()
+
+ARTIFACTS_DIR = comfy_env.REPO_ROOT / "test-artifacts"
+
+
+class ComfyInProcess:
+    """ComfyUI imported in this process: its modules plus directories private to the session."""
+
+    def __init__(self, base_dir: Path) -> None:
+        import comfy
+        import folder_paths
+        import nodes
+
+        self.path = comfy_env.setup_comfy_in_process()
+        self.comfy = comfy
+        self.nodes = nodes
+        self.folder_paths = folder_paths
+        self.models_dir = base_dir / "models"
+        comfy_env.register_models_dir(self.models_dir)
+        io_dirs = comfy_env.set_io_dirs(base_dir)
+        self.input_dir = io_dirs["input"]
+        self.output_dir = io_dirs["output"]
+        self.temp_dir = io_dirs["temp"]
+
+    def node(self, class_type: str) -> type:
+        """The registered node class (core, comfy_extras, or the pack's once it is loaded)."""
+        return comfy_env.node_class(class_type)
+
+    def run(self, class_type: str, **inputs: Any) -> tuple:
+        """Execute one node's FUNCTION with keyword inputs; returns its output tuple."""
+        return comfy_env.run_node(class_type, **inputs)
+
+
+class LoadedCheckpoint(NamedTuple):
+    """CheckpointLoaderSimple's outputs: (MODEL, CLIP, VAE)."""
+
+    model: Any
+    clip: Any
+    vae: Any
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyInProcess:
+    """ComfyUI importable in-process on the CPU, with session-private models/input/output dirs."""
+    return ComfyInProcess(tmp_path_factory.mktemp("comfy_in_process"))
+
+
+@pytest.fixture(scope="session")
+def pack(comfy: ComfyInProcess) -> types.ModuleType:
+    """The repository imported as package ``comfyui_amdm`` (import errors propagate)."""
+    return comfy_env.load_pack()
+
+
+@pytest.fixture(scope="session")
+def fixture_files(comfy: ComfyInProcess) -> dict[str, Any]:
+    """Generated (cached) fixture model files, also linked into ``comfy.models_dir``.
+
+    ``{"checkpoints": {file name: Path, ...} (3, in CHECKPOINT_NAMES order), "lora": Path,
+    "controlnet": Path, "gligen": Path, "models_dir": Path}``; loader nodes take the file names
+    (``fixture_models.CHECKPOINT_NAMES``, ``LORA_NAME``, ``CONTROLNET_NAME``, ``GLIGEN_NAME``).
+    """
+    files = fixture_models.ensure_fixture_models()
+    fixture_models.populate_models_dir(comfy.models_dir)
+    return {
+        "checkpoints": dict(files.checkpoints),
+        "lora": files.lora,
+        "controlnet": files.controlnet,
+        "gligen": files.gligen,
+        "models_dir": comfy.models_dir,
+    }
+
+
+@pytest.fixture(scope="session")
+def load_checkpoint(comfy: ComfyInProcess, fixture_files: dict[str, Any]) -> Callable[[str], LoadedCheckpoint]:
+    """``load_checkpoint(name)``: (model, clip, vae) from nodes.CheckpointLoaderSimple, cached per
+    name for the session. ``name`` is a file name or an index into CHECKPOINT_NAMES."""
+    loaded: dict[str, LoadedCheckpoint] = {}
+
+    def load(name: str | int) -> LoadedCheckpoint:
+        if isinstance(name, int):
+            name = fixture_models.CHECKPOINT_NAMES[name]
+        if name not in loaded:
+            model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+            loaded[name] = LoadedCheckpoint(model, clip, vae)
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def sd15(load_checkpoint: Callable[[str], LoadedCheckpoint]) -> LoadedCheckpoint:
+    """(model, clip, vae) of the first fixture checkpoint (v1-5-pruned-emaonly-fp16)."""
+    return load_checkpoint(fixture_models.CHECKPOINT_NAMES[0])
+
+
+@pytest.fixture(scope="session")
+def sd15_members(load_checkpoint: Callable[[str], LoadedCheckpoint]) -> list[LoadedCheckpoint]:
+    """All three fixture checkpoints, loaded: distinct SD1.5 'fine-tunes' of one ecosystem."""
+    return [load_checkpoint(name) for name in fixture_models.CHECKPOINT_NAMES]
+
+
+@pytest.fixture(scope="session")
+def encode(comfy: ComfyInProcess) -> Callable[[Any, str], list]:
+    """``encode(clip, text)``: CONDITIONING from nodes.CLIPTextEncode."""
+
+    def encode_text(clip: Any, text: str) -> list:
+        return comfy.nodes.CLIPTextEncode().encode(clip, text)[0]
+
+    return encode_text
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, fixture_files: dict[str, Any]) -> Iterator[ComfyServer]:
+    """A real ComfyUI server (``main.py --cpu``) with this pack in custom_nodes and the fixture
+    models in its models dir; log kept at ``test-artifacts/comfyui-server.log``.
+
+    ``queue(prompt) -> prompt_id``, ``wait(prompt_id, timeout) -> history entry``,
+    ``run(prompt)``, ``object_info()``, ``output_images(entry)``, ``url``, ``base_dir``,
+    ``output_dir``, ``input_dir``; ``require_pack()`` fails with the pack's import traceback
+    if its nodes did not register.
+    """
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_server"), ARTIFACTS_DIR / "comfyui-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

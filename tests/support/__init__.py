@@ -1,0 +1,1 @@
+"""Test support: locating ComfyUI, fixture models, and a real ComfyUI server."""
