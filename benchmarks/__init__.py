@@ -1,0 +1,1 @@
+"""Benchmarks of the pack, run as modules from the repository root."""

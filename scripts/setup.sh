@@ -91,6 +91,7 @@ log "ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy_dir/comfyui_versi
 
 # --- Python requirements -----------------------------------------------------------------
 # ComfyUI's own requirements (its pins, not ours), minus the skipped extras, plus test tools.
+"$python" -c "import packaging" 2>/dev/null || pip_install packaging
 missing="$("$python" - "$comfy_dir/requirements.txt" "$SKIPPED_REQUIREMENTS" <<'EOF'
 import sys
 from importlib import metadata

@@ -4,6 +4,7 @@ Every comparison is against ComfyUI's own KSampler node on the same model, seed,
 """
 from __future__ import annotations
 
+import comfy.samplers
 import pytest
 import torch
 
@@ -357,3 +358,40 @@ def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b,
     amdm_sampler(members, Schedule(end_step=3), "euler")
     assert len(seen) == 3
     assert all(id(watched_b) in ids and id(model_a) in ids for ids in seen)
+
+
+def test_hooked_conditioning_on_a_member_acts_on_that_member_only(amdm, model_a, prompts,
+                                                                  fixture_files):
+    """A LoRA hook in a member's conditioning (core hook nodes) is applied to that member's
+    evaluations and never to the target's, even when both use the very same MODEL."""
+    Member, Schedule = amdm
+    hooks = run_node("CreateHookLoraModelOnly", lora_name=fixture_files["lora"].name,
+                     strength_model=1.0)[0]
+    hooked = run_node("ConditioningSetProperties", cond_NEW=prompts["blue"], strength=1.0,
+                      set_cond_area="default", hooks=hooks)[0]
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    schedule = Schedule(end_percent=0.5)
+    with_hooks = amdm_sampler([target, Member(model_a, hooked, prompts["empty"], 5.0)],
+                              schedule, "euler")
+    without = amdm_sampler([target, Member(model_a, prompts["blue"], prompts["empty"], 5.0)],
+                           schedule, "euler")
+    assert not torch.allclose(with_hooks, without)
+    silent = amdm_sampler([target, Member(model_a, hooked, prompts["empty"], 5.0, weight=0.0,
+                                          deviation=0.0)], schedule, "euler")
+    reference = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler")
+    assert (silent - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("sampler", comfy.samplers.KSampler.SAMPLERS)
+def test_every_comfyui_sampler(amdm, model_a, model_b, prompts, sampler):
+    """One member is KSampler bit for bit; two members give a finite, different result."""
+    Member, Schedule = amdm
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    other = Member(model_b, prompts["blue"], prompts["empty"], 5.0)
+    reference = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, sampler, steps=4,
+                         scheduler="karras")
+    assert torch.equal(amdm_sampler([target], Schedule(), sampler, steps=4, scheduler="karras"),
+                       reference)
+    two = amdm_sampler([target, other], Schedule(end_percent=0.6), sampler, steps=4,
+                       scheduler="karras")
+    assert torch.isfinite(two).all() and not torch.allclose(two, reference)
