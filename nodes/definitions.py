@@ -18,6 +18,9 @@ CATEGORY = "sampling/amdm"
 STACK = "AMDM_STACK"
 SCHEDULE = "AMDM_SCHEDULE"
 DEFAULT_SCHEDULE = Schedule()
+STACK_INPUT = (STACK, {"tooltip": "The members, from ModelStack."})
+SCHEDULE_INPUT = (SCHEDULE, {"tooltip": "The aggregation schedule; the defaults when not "
+                                        "connected."})
 
 
 def _node_error(node: str, error: ValueError) -> ValueError:
@@ -156,11 +159,7 @@ class AMDMGuiderNode:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {"stack": (STACK, {"tooltip": "The members, from ModelStack."})},
-            "optional": {"schedule": (SCHEDULE, {"tooltip": "The aggregation schedule; the "
-                                                            "defaults when not connected."})},
-        }
+        return {"required": {"stack": STACK_INPUT}, "optional": {"schedule": SCHEDULE_INPUT}}
 
     def get_guider(self, stack: tuple, schedule: Optional[Schedule] = None) -> tuple:
         return (_guider("AMDMGuider", stack, schedule),)
@@ -178,7 +177,7 @@ class AMDMSamplerNode:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "stack": (STACK, {"tooltip": "The members, from ModelStack."}),
+                "stack": STACK_INPUT,
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
                                  "control_after_generate": True,
                                  "tooltip": "Seed of the target's noise (exactly KSampler's); "
@@ -195,8 +194,7 @@ class AMDMSamplerNode:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "Amount of denoising, as in KSampler."}),
             },
-            "optional": {"schedule": (SCHEDULE, {"tooltip": "The aggregation schedule; the "
-                                                            "defaults when not connected."})},
+            "optional": {"schedule": SCHEDULE_INPUT},
         }
 
     def sample(self, stack: tuple, seed: int, steps: int, sampler_name: str, scheduler: str,
