@@ -49,7 +49,9 @@ class ModelStack:
                 "negative": ("CONDITIONING", {"tooltip": "This member's negative conditioning."}),
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1,
                                   "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale of this member."}),
+                                  "tooltip": "Classifier-free guidance scale of this member. Aggregating "
+                                             "N members averages their guidance: non-target "
+                                             "members often need a higher cfg."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
                                      "tooltip": "Share of this member in the aggregated latent "
                                                 "(relative to the other members' weights)."}),

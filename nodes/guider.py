@@ -177,6 +177,10 @@ class AMDMGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, members: Sequence[Member], schedule: Schedule):
         check_members(members, schedule)
+        if schedule.aggregation == "paper" and len(members) > 2:
+            logger.warning("aggregation 'paper' with %d members: its coefficients sum to more "
+                           "than one, so the merged latent grows whenever the members agree; "
+                           "'linear' keeps it on scale", len(members))
         self.members = tuple(members)
         self.schedule = schedule
         self.target_index = schedule.target_member - 1
