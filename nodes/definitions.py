@@ -12,7 +12,7 @@ import latent_preview
 from ..amdm_core import AGGREGATION_MODES, DEVIATION_MODES, NOISE_MODES, WEIGHT_CURVES, Schedule
 from ..amdm_core.schedule import MAX_STEP
 from .guider import AMDMGuider
-from .members import Member
+from .members import Member, member_label
 
 CATEGORY = "sampling/amdm"
 STACK = "AMDM_STACK"
@@ -69,8 +69,13 @@ class ModelStack:
 
     def append(self, model: Any, positive: list, negative: list, cfg: float, weight: float,
                deviation: float, stack: tuple = (), name: str = "") -> tuple:
-        member = Member(model, positive, negative, cfg, weight, deviation, name.strip())
-        return (tuple(stack) + (member,),)
+        stack = tuple(stack)
+        try:
+            member = Member(model, positive, negative, cfg, weight, deviation, name.strip())
+        except ValueError as error:
+            raise _node_error(f"ModelStack ({member_label(len(stack), name.strip())})",
+                              error) from None
+        return (stack + (member,),)
 
 
 class AggregationSchedule:
@@ -91,8 +96,12 @@ class AggregationSchedule:
                 "start_percent": ("FLOAT", {"default": d.start_percent, "min": 0.0, "max": 1.0,
                                             "step": 0.01,
                                             "tooltip": "Start of the window, as a fraction of "
-                                                       "the denoising (ComfyUI's timestep "
-                                                       "percent, as in ConditioningSetTimestepRange)."}),
+                                                       "the denoising in ComfyUI's timestep "
+                                                       "percent (percent_to_sigma): step k is "
+                                                       "in it when start <= progress(k) < end. "
+                                                       "A window that starts after step 0 "
+                                                       "starts every member from the target's "
+                                                       "latent."}),
                 "end_percent": ("FLOAT", {"default": d.end_percent, "min": 0.0, "max": 1.0,
                                           "step": 0.01,
                                           "tooltip": "End of the window; after it the target "
@@ -125,7 +134,8 @@ class AggregationSchedule:
                 "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
                                              "tooltip": "independent: each member starts from "
                                                         "its own noise derived from the seed; "
-                                                        "shared: all start from the target's."}),
+                                                        "shared: all start from the target's. "
+                                                        "Only for windows that start at step 0."}),
             },
             "optional": {
                 "start_step": ("INT", {"default": d.start_step, "min": 0, "max": MAX_STEP,
@@ -211,7 +221,8 @@ class AMDMSamplerNode:
         samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
                                 denoise_mask=latent_image.get("noise_mask"),
                                 callback=latent_preview.prepare_callback(model, steps),
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+                                batch_index=latent_image.get("batch_index"))
         out = latent_image.copy()
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
         return (out,)

@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 import comfy.model_management
+import comfy.sample
+import comfy.sampler_helpers
 import comfy.samplers
 
 from ..amdm_core import Schedule, WindowPlan, derive_seed, run_window, step_weights, window_steps
@@ -44,6 +46,10 @@ class _LiveMember:
         self.model_k = model_k
         self.x_start = x_start
         self.extra_args = extra_args
+        # What ComfyUI reserved when it first loaded this member, for reloads in the window.
+        self.memory_required, self.minimum_memory_required = \
+            comfy.sampler_helpers.estimate_memory(guider.model_patcher, x_start.shape,
+                                                  guider.original_conds)
 
     def activate(self) -> None:
         """Make this member's weights the live ones before evaluating it.
@@ -55,7 +61,9 @@ class _LiveMember:
         """
         patcher = self.guider.model_patcher
         if patcher not in comfy.model_management.loaded_models():
-            comfy.model_management.load_models_gpu([patcher, *self.guider.loaded_models])
+            comfy.model_management.load_models_gpu(
+                [patcher, *self.guider.loaded_models], memory_required=self.memory_required,
+                minimum_memory_required=self.minimum_memory_required)
         if patcher.model.current_patcher is not patcher:
             patcher.pre_run()
 
@@ -65,13 +73,16 @@ class _Run:
 
     def __init__(self, guider: "AMDMGuider", sampler: comfy.samplers.KSAMPLER,
                  noise: torch.Tensor, latent_image: torch.Tensor,
-                 denoise_mask: Optional[torch.Tensor], seed: Optional[int]):
+                 denoise_mask: Optional[torch.Tensor], seed: Optional[int],
+                 batch_index: Optional[Sequence[int]]):
         self.guider = guider
         self.sampler = sampler
         self.noise = noise
         self.latent_image = latent_image
         self.denoise_mask = denoise_mask
         self.seed = 0 if seed is None else seed
+        self.batch_index = batch_index
+        self.joins_late = False
         self.live: dict[int, _LiveMember] = {}
 
     def step_seed(self, *keys: int) -> int:
@@ -100,11 +111,16 @@ class _Run:
         if not window:
             return x
         target = self.guider.target_index
+        self.joins_late = window.start > 0
         self.live[target] = _LiveMember(self.guider, model_k, x, extra_args)
         others = [i for i in range(len(self.guider.members)) if i != target]
         x = self.with_members_live(others, sigmas,
                                    lambda: self.aggregate(sigmas, window, callback))
         self.live[target].activate()
+        # A ControlNet wired into several members is one object: the members' cleanup just
+        # reset it, so it is prepared again for the target.
+        for conds in self.guider.conds.values():
+            comfy.samplers.pre_run_control(self.guider.inner_model, conds)
         return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, callback,
                             disable, self.step_seed(TAIL_STREAM))
 
@@ -126,20 +142,23 @@ class _Run:
             result.append(self.with_members_live(rest, sigmas, body))
             return x
 
-        logger.debug("preparing %s", member_label(self.guider.members, index))
-        member_guider.sample(self.member_noise(index), self.latent_image,
+        logger.debug("preparing %s", member_label(index, member.name))
+        noise = self.noise if self.joins_late else self.member_noise(index)
+        member_guider.sample(noise, self.latent_image,
                              comfy.samplers.KSAMPLER(enter, inpaint_options=self.sampler.inpaint_options),
                              sigmas, denoise_mask=self.denoise_mask, disable_pbar=True,
                              seed=self.step_seed(NOISE_STREAM, index))
         return result[0]
 
     def member_noise(self, index: int) -> torch.Tensor:
-        """Independent noise per member derived from the seed, unless shared or disabled."""
+        """Independent noise per member derived from the seed, unless shared or disabled
+        (all-zero noise, as DisableNoise gives). Drawn as KSampler draws the target's, so
+        a latent's batch_index selects the same noise item for every member."""
         if self.guider.schedule.noise_mode == "shared" or not torch.any(self.noise):
             return self.noise
-        generator = torch.Generator(device="cpu").manual_seed(self.step_seed(NOISE_STREAM, index))
-        return torch.randn(self.noise.shape, dtype=self.noise.dtype, layout=self.noise.layout,
-                           generator=generator, device="cpu").to(self.noise.device)
+        noise = comfy.sample.prepare_noise(self.noise, self.step_seed(NOISE_STREAM, index),
+                                           self.batch_index)
+        return noise.to(self.noise.device)
 
     def step_function(self, index: int, sigmas: torch.Tensor,
                       callback: Optional[Callback]) -> Callable[[torch.Tensor, int], torch.Tensor]:
@@ -164,8 +183,7 @@ class _Run:
         members = self.guider.members
         target = self.guider.target_index
         x_target = self.live[target].x_start
-        joined_late = window.start > 0
-        states = [x_target if (i == target or joined_late) else self.live[i].x_start
+        states = [x_target if (i == target or self.joins_late) else self.live[i].x_start
                   for i in range(len(members))]
         step_fns = [self.step_function(i, sigmas, callback) for i in range(len(members))]
         states = run_window(states, step_fns, self.guider.plan(window).to(x_target.device))
@@ -211,13 +229,15 @@ class AMDMGuider(comfy.samplers.CFGGuider):
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler: Any,
                sigmas: torch.Tensor, denoise_mask: Optional[torch.Tensor] = None,
-               callback: Any = None, disable_pbar: bool = False,
-               seed: Optional[int] = None) -> torch.Tensor:
+               callback: Any = None, disable_pbar: bool = False, seed: Optional[int] = None,
+               batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """CFGGuider.sample; ``batch_index`` (a LATENT's) lets the other members' noise
+        follow the batch items as the target's does."""
         if not isinstance(sampler, comfy.samplers.KSAMPLER) or \
                 type(sampler).sample is not comfy.samplers.KSAMPLER.sample:
             raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
                             f"step at a time; {type(sampler).__name__} cannot be driven so")
-        run = _Run(self, sampler, noise, latent_image, denoise_mask, seed)
+        run = _Run(self, sampler, noise, latent_image, denoise_mask, seed, batch_index)
         trajectory = comfy.samplers.KSAMPLER(run.trajectory, inpaint_options=sampler.inpaint_options)
         return super().sample(noise, latent_image, trajectory, sigmas, denoise_mask, callback,
                               disable_pbar, seed)

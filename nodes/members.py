@@ -29,16 +29,11 @@ class Member:
             value = getattr(self, field)
             if not math.isfinite(value) or (field != "cfg" and value < 0):
                 bound = "a finite number" if field == "cfg" else "a finite number >= 0"
-                raise ValueError(f"ModelStack{self._quoted_name()}: {field} must be {bound}, "
-                                 f"got {value}")
-
-    def _quoted_name(self) -> str:
-        return f" '{self.name}'" if self.name else ""
+                raise ValueError(f"{field} must be {bound}, got {value}")
 
 
-def member_label(members: Sequence[Member], index: int) -> str:
+def member_label(index: int, name: str) -> str:
     """'member 2 ('style')': 1-based, as the user counts ModelStack nodes in a chain."""
-    name = members[index].name
     return f"member {index + 1}" + (f" ('{name}')" if name else "")
 
 
@@ -70,7 +65,7 @@ def check_members(members: Sequence[Member], schedule: Schedule) -> None:
     """Every error a stack can have, raised before any sampling starts."""
     if len(members) == 0:
         raise ValueError("the stack is empty: connect at least one ModelStack node")
-    labels = [member_label(members, i) for i in range(len(members))]
+    labels = [member_label(i, m.name) for i, m in enumerate(members)]
     if not 1 <= schedule.target_member <= len(members):
         raise ValueError(f"AggregationSchedule target_member ({schedule.target_member}) is "
                          f"outside the stack of {len(members)} member(s)")

@@ -5,6 +5,8 @@ import pytest
 import safetensors.torch
 import torch
 
+from support.comfy_server import ComfyServerError
+
 CHECKPOINTS = ("v1-5-pruned-emaonly-fp16.safetensors", "dreamshaper_8.safetensors",
                "realisticVisionV60B1_v51VAE.safetensors")
 
@@ -110,13 +112,13 @@ def test_one_member_through_the_queue_equals_ksampler(comfy_server, sampler):
 
 def test_out_of_range_widget_is_rejected_by_validation(comfy_server):
     prompt = amdm_prompt(2, "euler", "normal", 1, "bad", schedule={"end_percent": 1.5})
-    with pytest.raises(Exception, match="end_percent"):
+    with pytest.raises(ComfyServerError, match="end_percent"):
         comfy_server.queue(prompt)
 
 
 def test_bad_window_fails_the_prompt_with_the_nodes_message(comfy_server):
     prompt = amdm_prompt(2, "euler", "normal", 1, "bad",
                          schedule={"start_percent": 0.6, "end_percent": 0.3})
-    with pytest.raises(Exception, match="end_percent \\(0.3\\) must be greater than "
+    with pytest.raises(ComfyServerError, match="end_percent \\(0.3\\) must be greater than "
                                         "start_percent \\(0.6\\)"):
         comfy_server.wait(comfy_server.queue(prompt), timeout=120)

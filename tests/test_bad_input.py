@@ -66,14 +66,15 @@ def test_empty_stack(pack, evaluations):
 
 @pytest.mark.parametrize("weight", [-0.5, math.nan, math.inf])
 def test_bad_member_weight_names_the_member(pack, counted, conds, weight):
-    with pytest.raises(ValueError, match="ModelStack 'style': weight must be a finite number >= 0"):
-        stack((counted, *conds, {"weight": weight, "name": "style"}))
+    with pytest.raises(ValueError, match="ModelStack \\(member 2 \\('style'\\)\\): weight must be "
+                                         "a finite number >= 0"):
+        stack((counted, *conds, {}), (counted, *conds, {"weight": weight, "name": "style"}))
 
 
 def test_bad_member_deviation_and_cfg(pack, counted, conds):
-    with pytest.raises(ValueError, match="ModelStack: deviation must be"):
+    with pytest.raises(ValueError, match="ModelStack \\(member 1\\): deviation must be"):
         stack((counted, *conds, {"deviation": -1.0}))
-    with pytest.raises(ValueError, match="ModelStack: cfg must be a finite number"):
+    with pytest.raises(ValueError, match="ModelStack \\(member 1\\): cfg must be a finite number"):
         stack((counted, *conds, {"cfg": math.nan}))
 
 

@@ -253,6 +253,26 @@ def test_controlnet_on_a_member_acts(amdm, model_a, model_b, prompts, fixture_fi
     assert not torch.allclose(controlled, free)
 
 
+def test_one_controlnet_shared_by_target_and_member(amdm, model_a, model_b, prompts,
+                                                    fixture_files):
+    """The same controlled conditioning on two members: the member's cleanup after the
+    window must not break the ControlNet for the target's remaining steps."""
+    Member, Schedule = amdm
+    controlnet = run_node("ControlNetLoader",
+                          control_net_name=fixture_files["controlnet"].name)[0]
+    hint = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(1))
+    positive, negative = run_node("ControlNetApplyAdvanced", positive=prompts["red"],
+                                  negative=prompts["empty"], control_net=controlnet, image=hint,
+                                  strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    members = [Member(model_a, positive, negative, 7.0), Member(model_b, positive, negative, 5.0)]
+    out = amdm_sampler(members, Schedule(end_percent=0.5), "euler")
+    silent = amdm_sampler([members[0], Member(model_b, positive, negative, 5.0, weight=0.0,
+                                              deviation=0.0)], Schedule(end_percent=0.5), "euler")
+    reference = ksampler(model_a, positive, negative, 7.0, "euler")
+    assert torch.isfinite(out).all()
+    assert (silent - reference).abs().max() <= 1e-5
+
+
 def test_gligen_on_a_member_acts(amdm, model_a, model_b, prompts, sd15, fixture_files):
     Member, Schedule = amdm
     clip = sd15[1]
@@ -289,23 +309,20 @@ def test_img2img_inpainting_and_batches(amdm, model_a, model_b, prompts):
     assert not torch.allclose(out[..., :4], source[..., :4])
 
 
-def test_batch_items_do_not_interact(amdm, model_a, model_b, prompts):
-    import comfy.samplers
-    from comfyui_amdm.nodes import AMDMGuider
+def test_batch_items_do_not_interact_and_follow_batch_index(amdm, model_a, model_b, prompts):
+    """Item 2 of a batch equals the same item sampled alone (batch_index [2]): the target's
+    and the other members' noise both follow the batch index, and norms are per item."""
     Member, Schedule = amdm
-    guider = AMDMGuider([Member(model_a, prompts["red"], prompts["empty"], 7.0),
-                         Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
-                        Schedule(end_percent=0.6, aggregation="slerp", noise_mode="shared",
-                                 deviation_mode="absolute", deviation_strength=2.0))
-    noise = torch.randn(3, 4, 8, 8, generator=torch.manual_seed(9))
-    latent = torch.zeros_like(noise)
-    sigmas = run_node("BasicScheduler", model=model_a, scheduler="karras", steps=STEPS,
-                      denoise=1.0)[0]
-    sampler = comfy.samplers.sampler_object("euler")
-    batch = guider.sample(noise, latent, sampler, sigmas, seed=SEED)
-    for b in range(3):
-        single = guider.sample(noise[b:b + 1], latent[b:b + 1], sampler, sigmas, seed=SEED)
-        torch.testing.assert_close(batch[b:b + 1], single, rtol=1e-4, atol=1e-4)
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    schedule = Schedule(end_percent=0.6, aggregation="slerp", deviation_mode="absolute",
+                        deviation_strength=2.0)
+    batch = amdm_sampler(members, schedule, "euler", scheduler="karras",
+                         latent={"samples": torch.zeros(3, 4, 8, 8), "batch_index": [0, 1, 2]})
+    alone = amdm_sampler(members, schedule, "euler", scheduler="karras",
+                         latent={"samples": torch.zeros(1, 4, 8, 8), "batch_index": [2]})
+    torch.testing.assert_close(batch[2:3], alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(batch[1:2], alone)
 
 
 def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, amdm, model_a,
@@ -346,18 +363,24 @@ def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, 
 def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b, prompts):
     import comfy.model_management
     Member, Schedule = amdm
-    seen = []
-    watched_b = model_b.clone()
+    seen = {"a": [], "b": []}
 
-    def record_loaded(apply_model, args):
-        seen.append(set(map(id, comfy.model_management.loaded_models())))
-        return apply_model(args["input"], args["timestep"], **args["c"])
-    watched_b.set_model_unet_function_wrapper(record_loaded)
-    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+    def watch(model, name):
+        watched = model.clone()
+
+        def record_loaded(apply_model, args):
+            seen[name].append(set(map(id, comfy.model_management.loaded_models())))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        watched.set_model_unet_function_wrapper(record_loaded)
+        return watched
+    watched_a, watched_b = watch(model_a, "a"), watch(model_b, "b")
+    members = [Member(watched_a, prompts["red"], prompts["empty"], 7.0),
                Member(watched_b, prompts["blue"], prompts["empty"], 5.0)]
     amdm_sampler(members, Schedule(end_step=3), "euler")
-    assert len(seen) == 3
-    assert all(id(watched_b) in ids and id(model_a) in ids for ids in seen)
+    assert len(seen["a"]) == STEPS and len(seen["b"]) == 3
+    both = {id(watched_a), id(watched_b)}
+    assert all(both <= ids for ids in seen["a"][:3] + seen["b"])
+    assert all(id(watched_a) in ids for ids in seen["a"][3:])
 
 
 def test_hooked_conditioning_on_a_member_acts_on_that_member_only(amdm, model_a, prompts,
