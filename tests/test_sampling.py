@@ -236,14 +236,19 @@ def test_attention_patch_on_a_member_acts(amdm, model_a, model_b, prompts):
     assert not torch.allclose(with_patch, without)
 
 
-def test_controlnet_on_a_member_acts(amdm, model_a, model_b, prompts, fixture_files):
-    Member, Schedule = amdm
+def with_controlnet(positive, negative, fixture_files, hint_seed: int) -> tuple:
+    """Conditioning through core ControlNetLoader + ControlNetApplyAdvanced, random hint."""
     controlnet = run_node("ControlNetLoader",
                           control_net_name=fixture_files["controlnet"].name)[0]
-    hint = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(0))
-    positive, negative = run_node("ControlNetApplyAdvanced", positive=prompts["blue"],
-                                  negative=prompts["empty"], control_net=controlnet, image=hint,
-                                  strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    hint = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(hint_seed))
+    return run_node("ControlNetApplyAdvanced", positive=positive, negative=negative,
+                    control_net=controlnet, image=hint, strength=1.0, start_percent=0.0,
+                    end_percent=1.0)[:2]
+
+
+def test_controlnet_on_a_member_acts(amdm, model_a, model_b, prompts, fixture_files):
+    Member, Schedule = amdm
+    positive, negative = with_controlnet(prompts["blue"], prompts["empty"], fixture_files, 0)
     schedule = Schedule(end_percent=0.5)
     target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
     controlled = amdm_sampler([target, Member(model_b, positive, negative, 5.0)], schedule,
@@ -258,12 +263,7 @@ def test_one_controlnet_shared_by_target_and_member(amdm, model_a, model_b, prom
     """The same controlled conditioning on two members: the member's cleanup after the
     window must not break the ControlNet for the target's remaining steps."""
     Member, Schedule = amdm
-    controlnet = run_node("ControlNetLoader",
-                          control_net_name=fixture_files["controlnet"].name)[0]
-    hint = torch.rand(1, 64, 64, 3, generator=torch.manual_seed(1))
-    positive, negative = run_node("ControlNetApplyAdvanced", positive=prompts["red"],
-                                  negative=prompts["empty"], control_net=controlnet, image=hint,
-                                  strength=1.0, start_percent=0.0, end_percent=1.0)[:2]
+    positive, negative = with_controlnet(prompts["red"], prompts["empty"], fixture_files, 1)
     members = [Member(model_a, positive, negative, 7.0), Member(model_b, positive, negative, 5.0)]
     out = amdm_sampler(members, Schedule(end_percent=0.5), "euler")
     silent = amdm_sampler([members[0], Member(model_b, positive, negative, 5.0, weight=0.0,
