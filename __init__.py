@@ -1,15 +1,17 @@
 """comfyui-amdm: Aggregation of Multiple Diffusion Models for ComfyUI.
 
-Inside ComfyUI this registers the nodes; elsewhere (no ``comfy`` to import) the package
-still imports, with no nodes, so that ``amdm_core`` stays usable on its own.
+Inside ComfyUI this registers the nodes. Elsewhere (no ``comfy`` to import), or when this
+file is imported as a plain module rather than as a package (a test runner collecting a
+checkout whose directory name is not a valid module name), it imports with no nodes, so
+that ``amdm_core`` stays usable on its own.
 """
 import importlib.util
 import logging
 
 WEB_DIRECTORY = "./web"
 
-if importlib.util.find_spec("comfy") is None:
-    logging.getLogger(__name__).debug("ComfyUI not importable: no nodes registered")
+if not __package__ or importlib.util.find_spec("comfy") is None:
+    logging.getLogger(__name__).debug("not inside ComfyUI as a package: no nodes registered")
     NODE_CLASS_MAPPINGS: dict = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 else:

@@ -19,10 +19,7 @@ from typing import Callable
 
 import torch
 
-from tests.support.comfy_env import load_pack, run_node, setup_comfy_in_process
-
-logger = logging.getLogger("benchmarks.overhead")
-
+from .comfy_setup import comfy_env, setup_comfy
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -41,24 +38,29 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     return statistics.median(times)
 
 
-def sd15_unet(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The SD1.5 UNet architecture with random weights: one evaluation's cost is real."""
+def sd15_model(device: torch.device):
+    """ComfyUI's SD1.5 model with random weights: one UNet evaluation's cost is real."""
     import comfy.model_base
     import comfy.supported_models
     config = dict(comfy.supported_models.SD15.unet_config, in_channels=4, out_channels=4,
                   model_channels=320, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
                   transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
                   transformer_depth_middle=1, num_heads=8, context_dim=768,
-                  attention_resolutions=None, use_linear_in_transformer=False,
+                  use_linear_in_transformer=False,
                   adm_in_channels=None, use_temporal_attention=False, use_temporal_resblock=False,
                   num_head_channels=-1, image_size=32, legacy=False, use_spatial_transformer=True,
                   dtype=torch.float32)
-    config.pop("attention_resolutions")
     model = comfy.model_base.BaseModel(comfy.supported_models.SD15(config), device=device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():  # ComfyUI's layers skip initialisation: give them finite weights
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.02, generator=generator)
+    return model
+
+
+def sd15_unet(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One SD1.5 UNet evaluation, cond + uncond batch."""
+    model = sd15_model(device)
     context = torch.randn(2, 77, 768, device=device)
     timestep = torch.tensor([500.0, 500.0], device=device)
 
@@ -95,13 +97,14 @@ def driver_table(repeats: int) -> list[str]:
     import comfy.utils
     from comfyui_amdm.amdm_core import Schedule
     from comfyui_amdm.nodes import Member
+    import comfy.model_patcher
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    from tests.support.fixture_models import ensure_fixture_models
-    model, clip, _ = _load(next(iter(ensure_fixture_models().checkpoints.values())))
-    null = model.clone()
+    run_node = comfy_env().run_node
+    cpu = torch.device("cpu")
+    null = comfy.model_patcher.ModelPatcher(sd15_model(cpu), load_device=cpu, offload_device=cpu)
     null.set_model_unet_function_wrapper(lambda apply_model, args: torch.zeros_like(args["input"]))
-    positive = run_node("CLIPTextEncode", clip=clip, text="a cube")[0]
-    negative = run_node("CLIPTextEncode", clip=clip, text="")[0]
+    positive = [[torch.randn(1, 77, 768), {}]]
+    negative = [[torch.zeros(1, 77, 768), {}]]
     latent = run_node("EmptyLatentImage", width=512, height=512, batch_size=1)[0]
     steps = 20
     rows = ["| run | sampler | member steps | time per member step (ms) |", "|---|---|---|---|"]
@@ -126,20 +129,13 @@ def driver_table(repeats: int) -> list[str]:
     return rows
 
 
-def _load(path) -> tuple:
-    import comfy.sd
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
-    return model, clip, vae
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    setup_comfy_in_process()
-    load_pack()
+    setup_comfy()
     device = torch.device(options.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}\n")
     print("\n".join(aggregation_table(device, options.repeats)))

@@ -82,7 +82,6 @@ class _Run:
         self.denoise_mask = denoise_mask
         self.seed = 0 if seed is None else seed
         self.batch_index = batch_index
-        self.joins_late = False
         self.live: dict[int, _LiveMember] = {}
 
     def step_seed(self, *keys: int) -> int:
@@ -111,11 +110,11 @@ class _Run:
         if not window:
             return x
         target = self.guider.target_index
-        self.joins_late = window.start > 0
         self.live[target] = _LiveMember(self.guider, model_k, x, extra_args)
         others = [i for i in range(len(self.guider.members)) if i != target]
-        x = self.with_members_live(others, sigmas,
-                                   lambda: self.aggregate(sigmas, window, callback))
+        # Members joining after step 0 start from the target's latent: no noise of their own.
+        x = self.with_members_live(others, sigmas, own_noise=window.start == 0,
+                                   body=lambda: self.aggregate(sigmas, window, callback))
         self.live[target].activate()
         # A ControlNet wired into several members is one object: the members' cleanup just
         # reset it, so it is prepared again for the target.
@@ -124,7 +123,7 @@ class _Run:
         return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, callback,
                             disable, self.step_seed(TAIL_STREAM))
 
-    def with_members_live(self, indices: Sequence[int], sigmas: torch.Tensor,
+    def with_members_live(self, indices: Sequence[int], sigmas: torch.Tensor, own_noise: bool,
                           body: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``body`` inside a CFGGuider.sample call of every member in ``indices``."""
         if not indices:
@@ -139,11 +138,11 @@ class _Run:
         def enter(model_k: Any, x: torch.Tensor, sigmas_: torch.Tensor, extra_args: dict,
                   callback: Any = None, disable: bool = False) -> torch.Tensor:
             self.live[index] = _LiveMember(member_guider, model_k, x, extra_args)
-            result.append(self.with_members_live(rest, sigmas, body))
+            result.append(self.with_members_live(rest, sigmas, own_noise, body))
             return x
 
         logger.debug("preparing %s", member_label(index, member.name))
-        noise = self.noise if self.joins_late else self.member_noise(index)
+        noise = self.member_noise(index) if own_noise else self.noise
         member_guider.sample(noise, self.latent_image,
                              comfy.samplers.KSAMPLER(enter, inpaint_options=self.sampler.inpaint_options),
                              sigmas, denoise_mask=self.denoise_mask, disable_pbar=True,
@@ -183,7 +182,7 @@ class _Run:
         members = self.guider.members
         target = self.guider.target_index
         x_target = self.live[target].x_start
-        states = [x_target if (i == target or self.joins_late) else self.live[i].x_start
+        states = [x_target if (i == target or window.start > 0) else self.live[i].x_start
                   for i in range(len(members))]
         step_fns = [self.step_function(i, sigmas, callback) for i in range(len(members))]
         states = run_window(states, step_fns, self.guider.plan(window).to(x_target.device))

@@ -7,21 +7,19 @@ model wrapper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from . import task
-from .comfy_setup import setup_comfy
+from ..comfy_setup import comfy_env, setup_comfy
 from .models import Ecosystem, request_conditioning
 
 PACK = setup_comfy()
 
 import comfy.model_patcher  # noqa: E402  (ComfyUI is importable only after setup_comfy)
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py, never the pack's nodes/)
-from comfy_extras.nodes_model_merging import ModelMergeSimple  # noqa: E402
 
-AMDM_NODES = PACK.NODE_CLASS_MAPPINGS
+run_node = comfy_env().run_node
 Schedule = PACK.amdm_core.Schedule
 
 Latent = torch.Tensor
@@ -74,15 +72,10 @@ class EvaluationCounter:
         return counted_model
 
 
-def run_node(node_class: type, **inputs: Any) -> tuple:
-    """Call a node the way ComfyUI's executor does: an instance's FUNCTION with keyword inputs."""
-    return getattr(node_class(), node_class.FUNCTION)(**inputs)
-
-
 def sample_alone(model: comfy.model_patcher.ModelPatcher, batch: Batch,
                  settings: SamplingSettings) -> Latent:
     """One model, ComfyUI's KSampler node."""
-    (latent,) = run_node(comfy_nodes.KSampler, model=model, seed=batch.seed, steps=settings.steps,
+    (latent,) = run_node("KSampler", model=model, seed=batch.seed, steps=settings.steps,
                          cfg=settings.cfg, sampler_name=settings.sampler_name,
                          scheduler=settings.scheduler, positive=batch.positive(),
                          negative=batch.negative(), latent_image=batch.empty_latent(), denoise=1.0)
@@ -99,7 +92,7 @@ def sample_handoff(segments: list[tuple[comfy.model_patcher.ModelPatcher, int]],
     for index, (model, end) in enumerate(segments):
         first, last = index == 0, index == len(segments) - 1
         (latent,) = run_node(
-            comfy_nodes.KSamplerAdvanced, model=model, add_noise="enable" if first else "disable",
+            "KSamplerAdvanced", model=model, add_noise="enable" if first else "disable",
             noise_seed=batch.seed, steps=settings.steps, cfg=settings.cfg,
             sampler_name=settings.sampler_name, scheduler=settings.scheduler,
             positive=batch.positive(), negative=batch.negative(), latent_image=latent,
@@ -114,7 +107,7 @@ def merged_model(models: list[comfy.model_patcher.ModelPatcher]) -> comfy.model_
     merging the k-th model into the average of the first k-1 with ratio (k-1)/k."""
     merged = models[0]
     for count, model in enumerate(models[1:], start=2):
-        (merged,) = run_node(ModelMergeSimple, model1=merged, model2=model, ratio=(count - 1) / count)
+        (merged,) = run_node("ModelMergeSimple", model1=merged, model2=model, ratio=(count - 1) / count)
     return merged
 
 
@@ -191,12 +184,12 @@ def sample_amdm(models: list[comfy.model_patcher.ModelPatcher], amdm: AMDMSettin
     stack: tuple = ()
     for number, model in enumerate(models, start=1):
         cfg = settings.cfg * (1.0 if number == amdm.target_member else amdm.others_cfg_factor)
-        (stack,) = run_node(AMDM_NODES["ModelStack"], model=model, positive=batch.positive(),
+        (stack,) = run_node("ModelStack", model=model, positive=batch.positive(),
                             negative=batch.negative(), cfg=cfg, weight=1.0, deviation=1.0,
                             stack=stack, name="")
-    (schedule,) = run_node(AMDM_NODES["AggregationSchedule"],
+    (schedule,) = run_node("AggregationSchedule",
                            **{f.name: getattr(amdm, f.name) for f in fields(Schedule)})
-    (latent,) = run_node(AMDM_NODES["AMDMSampler"], stack=stack, seed=batch.seed, steps=settings.steps,
+    (latent,) = run_node("AMDMSampler", stack=stack, seed=batch.seed, steps=settings.steps,
                          sampler_name=settings.sampler_name, scheduler=settings.scheduler,
                          latent_image=batch.empty_latent(), denoise=1.0, schedule=schedule)
     return latent["samples"]

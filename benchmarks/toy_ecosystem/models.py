@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import task
-from .comfy_setup import comfy_env, setup_comfy
+from ..comfy_setup import comfy_env, setup_comfy
 
 setup_comfy()
 

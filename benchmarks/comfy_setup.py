@@ -14,7 +14,7 @@ import sys
 import types
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 COMFY_ENV_PATH = REPO_ROOT / "tests" / "support" / "comfy_env.py"
 COMFY_ENV_MODULE = "comfyui_amdm_support_comfy_env"
 # The name the test suite imports it under (tests/ on sys.path).
