@@ -44,10 +44,14 @@ class WindowPlan:
 
 
 def aggregation_step(proposals: torch.Tensor, weights: torch.Tensor, deviation: torch.Tensor,
-                     plan: WindowPlan) -> torch.Tensor:
-    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate."""
+                     plan: WindowPlan) -> list[torch.Tensor]:
+    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate; each
+    member's next latent. Without deviation every member continues from the merged latent
+    itself, one tensor, so that a caller can see which members share their state."""
     merged = aggregate(proposals, weights, plan.aggregation)
-    return deviate(merged, proposals, deviation, plan.deviation_mode)
+    if plan.deviation_mode == "none":
+        return [merged] * proposals.shape[0]
+    return list(deviate(merged, proposals, deviation, plan.deviation_mode).unbind(0))
 
 
 def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn], plan: WindowPlan,
@@ -55,5 +59,5 @@ def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn], plan:
     """Advance every member through the window; returns each member's latent after it."""
     for j, k in enumerate(plan.steps):
         proposals = torch.stack(map_steps(step_fns, states, k))
-        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan).unbind(0)
+        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan)
     return list(states)

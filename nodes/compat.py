@@ -8,11 +8,14 @@ Tested against ComfyUI 0.3.64; the branches for newer ComfyUI follow its sources
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
+import math
 import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import psutil
 import torch
 
 import comfy.model_management
@@ -231,3 +234,105 @@ def warn_if_unsupported(version: Optional[str]) -> bool:
     logger.warning("comfyui-amdm declares ComfyUI %s and found %s: it may work, but it was "
                    "not tested there", SUPPORTED_COMFYUI, version)
     return True
+
+
+# --- members that share weights ---------------------------------------------------------------
+
+# The model_options key of ComfyUI's hook for replacing calc_cond_batch inside
+# sampling_function (each member's CFG path stays ComfyUI's own).
+CALC_COND_BATCH_HOOK = "sampler_calc_cond_batch_function"
+
+
+def calc_cond_batch(model: Any, conds: list, x: torch.Tensor, timestep: torch.Tensor,
+                    model_options: dict) -> list[torch.Tensor]:
+    """ComfyUI's batched evaluation of several cond lists at one latent; it splits the
+    batch by its own free-memory estimate."""
+    return comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Patchers of one torch module whose weight patches are the same (ComfyUI's own
+    test of clones that share their weights)."""
+    return shares_weights_storage(a, b) and bool(a.clone_has_same_weights(b))
+
+
+def _same_options(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_options(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_options(x, y) for x, y in zip(a, b))
+    return a is b or (isinstance(a, (str, int, float, bool)) and a == b)
+
+
+def same_model_options(a: Any, b: Any) -> bool:
+    """Whether two MODELs evaluate alike apart from weights: the same attention patches,
+    wrappers and options (compared by identity; copies of patch objects count as
+    different)."""
+    return _same_options(a.model_options, b.model_options)
+
+
+def conds_have_hooks(guider: Any) -> bool:
+    return any("hooks" in cond for conds in guider.original_conds.values() for cond in conds)
+
+
+def guider_conds(guider: Any, cfg1_optimised: bool) -> list[Optional[list]]:
+    """[positive, negative] as the guider's sampling_function passes them to
+    calc_cond_batch (negative None at cfg 1 unless the sampler disables that shortcut)."""
+    negative = None if cfg1_optimised and math.isclose(guider.cfg, 1.0) else \
+        guider.conds.get("negative")
+    return [guider.conds.get("positive"), negative]
+
+
+def cfg1_optimised(model_options: dict) -> bool:
+    return not model_options.get("disable_cfg1_optimization", False)
+
+
+def model_bytes(patcher: Any) -> int:
+    return patcher.model_size()
+
+
+def can_hold_resident_copy(patcher: Any, window_bytes: int) -> tuple[bool, str]:
+    """Whether one more copy of ``patcher``'s weights fits beside ``window_bytes`` of
+    other weights the window keeps on the same device, by ComfyUI's memory state and its
+    inference reserve; when not, the reason."""
+    state = comfy.model_management.vram_state
+    if state in (comfy.model_management.VRAMState.LOW_VRAM,
+                 comfy.model_management.VRAMState.NO_VRAM):
+        return False, f"ComfyUI runs in {state.name} mode"
+    device = patcher.load_device
+    size = patcher.model_size()
+    needed = window_bytes + size + comfy.model_management.minimum_inference_memory()
+    total = comfy.model_management.get_total_memory(device)
+    if needed > total:
+        return False, (f"{needed / 2**30:.1f} GiB of weights and inference memory exceed "
+                       f"the {total / 2**30:.1f} GiB of {device}")
+    available = psutil.virtual_memory().available
+    if size > available:
+        return False, f"{size / 2**30:.1f} GiB more exceed the {available / 2**30:.1f} GiB of free RAM"
+    return True, ""
+
+
+def independent_copy(patcher: Any) -> Any:
+    """A patcher with the same patches and options on a torch module of its own.
+
+    Newer ComfyUI builds it from the checkpoint's loader (clone(force_deepcopy=True));
+    older ones get a deep copy of the module taken while it is unpatched (ComfyUI
+    restores a module's original weights when it unloads it, as it does for clones)."""
+    if _accepts(patcher.clone, "force_deepcopy") and \
+            getattr(patcher, "cached_patcher_init", None) is not None:
+        return patcher.clone(force_deepcopy=True)
+    loaded = comfy.model_management.current_loaded_models
+    for entry in [e for e in loaded if e.model is not None and e.model.model is patcher.model]:
+        entry.model_unload()
+        loaded.remove(entry)
+    module = patcher.model
+    current, module.current_patcher = getattr(module, "current_patcher", None), None
+    try:
+        copied = copy.deepcopy(module)
+    finally:
+        module.current_patcher = current
+    own = patcher.clone()
+    own.model = copied
+    own.backup, own.object_patches_backup, own.hook_backup = {}, {}, {}
+    own.cached_hook_patches = {}
+    return own

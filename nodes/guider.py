@@ -25,6 +25,7 @@ from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, derive_seed, one
                          progress_of, run_window, step_weights, window_for)
 from . import compat, samplers
 from .members import Member, check_members, member_label
+from .sharing import SharedEvaluation, resident_models
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,11 @@ class _Run:
     """State of one AMDMGuider.sample call."""
 
     def __init__(self, guider: "AMDMGuider", drive: SamplerDrive, inpaint_options: dict,
-                 noise: torch.Tensor, latent_image: torch.Tensor,
+                 models: Sequence[Any], noise: torch.Tensor, latent_image: torch.Tensor,
                  denoise_mask: Optional[torch.Tensor], seed: Optional[int],
                  batch_index: Optional[Sequence[int]]):
         self.guider = guider
+        self.models = models
         self.drive = drive
         self.inpainting = inpaint_options
         self.noise = noise
@@ -206,7 +208,7 @@ class _Run:
         member = self.guider.members[index]
         # A clone of its own: the member's guider registers (and restores) hook patches on
         # its patcher, which must never be the target's, even for the very same MODEL.
-        member_guider = compat.CFGGuider(compat.clone_patcher(member.model))
+        member_guider = compat.CFGGuider(compat.clone_patcher(self.models[index]))
         member_guider.set_conds(member.positive, member.negative)
         member_guider.set_cfg(member.cfg)
         result: list[torch.Tensor] = []
@@ -235,13 +237,13 @@ class _Run:
                                      self.batch_index)
         return noise.to(self.noise.device)
 
-    def step_function(self, index: int, callback: Callback) -> StepFn:
+    def step_function(self, index: int, shared: SharedEvaluation, callback: Callback) -> StepFn:
         """Member ``index``'s proposal for step k, from a latent on the target's device."""
         session = self.sessions[index]
         home = self.sessions[self.guider.target_index].device
         is_target = index == self.guider.target_index
         drive = self.drive
-        extra_args = session.extra_args
+        extra_args = shared.window_args(index, session.extra_args)
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
             proposal = drive.run(session.model_k, x.to(session.device),
@@ -252,7 +254,7 @@ class _Run:
         return step
 
     @contextlib.contextmanager
-    def stepping(self) -> Iterator[StepMap]:
+    def stepping(self, shared: SharedEvaluation) -> Iterator[StepMap]:
         """How the members' steps of one window step run: one after another, or, when they
         sit on several GPUs and ComfyUI has its multi-GPU thread pool, one worker per
         device at the same time. Loading and patch switching stay on this thread, before
@@ -266,6 +268,7 @@ class _Run:
 
         def one_by_one(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
                        k: int) -> list[torch.Tensor]:
+            shared.begin_step(states)
             proposals = []
             for session, step, x in zip(sessions, step_fns, states):
                 compat.throw_if_interrupted()
@@ -275,6 +278,7 @@ class _Run:
 
         def per_device(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
                        k: int) -> list[torch.Tensor]:
+            shared.begin_step(states)
             compat.throw_if_interrupted()
             for session in sessions:
                 session.activate()
@@ -303,11 +307,15 @@ class _Run:
         members = self.guider.members
         target = self.guider.target_index
         x_target = self.sessions[target].x_start
-        states = [x_target if (i == target or window.start > 0)
+        # With shared noise every member's start is the target's: one tensor for all.
+        from_target = window.start > 0 or self.guider.schedule.noise_mode == "shared"
+        states = [x_target if (i == target or from_target)
                   else self.sessions[i].x_start.to(x_target.device)
                   for i in range(len(members))]
-        step_fns = [self.step_function(i, callback) for i in range(len(members))]
-        with self.stepping() as map_steps:
+        sessions = [self.sessions[i] for i in range(len(members))]
+        shared = SharedEvaluation(sessions, self.models, members, self.denoise_mask is not None)
+        step_fns = [self.step_function(i, shared, callback) for i in range(len(members))]
+        with self.stepping(shared) as map_steps:
             return run_window(states, step_fns, self.guider.plan(window).to(x_target.device),
                               map_steps)[target]
 
@@ -373,8 +381,9 @@ class AMDMGuider(compat.CFGGuider):
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                   disable_pbar, seed)
         _, _, inpaint_options = compat.sampler_parts(sampler)
-        run = _Run(self, drive, inpaint_options, noise, latent_image, denoise_mask, seed,
-                   batch_index)
+        models = resident_models(self.members, self.target_index)
+        run = _Run(self, drive, inpaint_options, models, noise, latent_image, denoise_mask,
+                   seed, batch_index)
         trajectory = compat.make_ksampler(run.trajectory, inpaint_options)
         return super().sample(noise, latent_image, trajectory, sigmas, denoise_mask, callback,
                               disable_pbar, seed)
