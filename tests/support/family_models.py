@@ -139,7 +139,7 @@ MODELS: dict[str, TinyModel] = {model.file_name: model for model in (
     TinyModel("flux1-dev-finetune.safetensors", FAMILIES["flux_dev"], 3302),
     TinyModel("flux1-schnell.safetensors", FAMILIES["flux_schnell"], 3311),
     TinyModel("wan2.1_t2v_1.3B_fp16.safetensors", FAMILIES["wan21"], 3401),
-    TinyModel("wan2.1_t2v_14B_fp16.safetensors", FAMILIES["wan21"], 3402),
+    TinyModel("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", FAMILIES["wan21"], 3402),
 )}
 
 CLIP_L_NAME = "clip_l.safetensors"
