@@ -21,7 +21,7 @@ import mimetypes
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -80,13 +80,14 @@ def latent_sizes(api_prompt: dict) -> list[tuple[int, int]]:
             if node["class_type"] in LATENT_SIZE_NODES]
 
 
-def small_variant(api_prompt: dict) -> dict:
-    """An API prompt with every size knob (steps, image and box geometry, batch, frames) shrunk."""
+def small_variant(api_prompt: dict, keep_steps: bool = False) -> dict:
+    """An API prompt with every size knob (steps unless ``keep_steps``, image and box geometry,
+    batch, frames) shrunk."""
     prompt = copy.deepcopy(api_prompt)
     scale = max(max(size) for size in latent_sizes(api_prompt)) / SMALL_SIDE
     for node in prompt.values():
         for input_name, value in node["inputs"].items():
-            if not isinstance(value, list):
+            if not isinstance(value, list) and not (keep_steps and input_name == "steps"):
                 node["inputs"][input_name] = small_value(input_name, value, scale)
     return prompt
 
@@ -114,9 +115,11 @@ def with_text_encoder_stand_in(api_prompt: dict) -> dict:
     return prompt
 
 
-def run_in_process(api_prompt: dict, replaced: dict[str, Callable[..., tuple]]) -> dict[str, tuple]:
+def run_in_process(api_prompt: dict, replaced: dict[str, Callable[..., tuple]],
+                   outputs_of: Optional[list[str]] = None) -> dict[str, tuple]:
     """Execute an API prompt node by node in this process; a node whose class_type is in
-    ``replaced`` gets that function's outputs instead of running. Returns every node's outputs."""
+    ``replaced`` gets that function's outputs instead of running. Runs the nodes that
+    ``outputs_of`` (default: every node) need; returns the outputs of every node that ran."""
     outputs: dict[str, tuple] = {}
 
     def evaluate(node_id: str) -> tuple:
@@ -129,7 +132,7 @@ def run_in_process(api_prompt: dict, replaced: dict[str, Callable[..., tuple]]) 
         return outputs[node_id]
 
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        for node_id in api_prompt:
+        for node_id in api_prompt if outputs_of is None else outputs_of:
             evaluate(node_id)
     return outputs
 
@@ -342,24 +345,33 @@ def test_api_workflow_runs(family_server, name: str) -> None:
         assert getattr(image, "n_frames", 1) == (videos[0] if videos else 1)
 
 
-@pytest.mark.parametrize("name", IN_PROCESS_WORKFLOWS)
-def test_api_workflow_runs_in_process_with_tiny_loaders(comfy, pack, load_family_model, family_clip, sd15,
-                                                        name: str) -> None:
-    """The whole graph runs as shipped (small sizes) except its loader nodes: the diffusion
-    models become the tiny ones of the same name, the text encoders the CLIP-L stand-in (SDXL:
-    type stable_diffusion, the tiny SDXL's width), SDXL's VAE the SD1.5 fixture's (the same
-    architecture)."""
-    prompt = small_variant(load_api_workflow(name))
-    [(width, height)] = latent_sizes(prompt)
-    loaders = {
-        "CheckpointLoaderSimple": lambda ckpt_name: (load_family_model(ckpt_name),
-                                                     family_clip("stable_diffusion"), sd15.vae),
+@pytest.fixture(scope="module")
+def tiny_loaders(comfy, pack, load_checkpoint, load_family_model, family_clip) -> dict[str, Callable[..., tuple]]:
+    """Loader nodes for in-process runs: every diffusion model becomes the tiny one of the same
+    name (SD1.5 fixtures, family models), every text encoder the CLIP-L stand-in (type sd3; for
+    SDXL checkpoints type stable_diffusion, the tiny SDXL's width), SDXL's VAE the SD1.5
+    fixture's (the same architecture)."""
+    def checkpoint(ckpt_name: str) -> tuple:
+        if ckpt_name in family_models.MODELS:
+            return (load_family_model(ckpt_name), family_clip("stable_diffusion"),
+                    load_checkpoint(0).vae)
+        return tuple(load_checkpoint(ckpt_name))
+
+    return {
+        "CheckpointLoaderSimple": checkpoint,
         "UNETLoader": lambda unet_name, weight_dtype: (load_family_model(unet_name),),
         **{loader: lambda **_: (family_clip("sd3"),) for loader in TEXT_ENCODER_LOADERS},
     }
+
+
+@pytest.mark.parametrize("name", IN_PROCESS_WORKFLOWS)
+def test_api_workflow_runs_in_process_with_tiny_loaders(comfy, tiny_loaders, name: str) -> None:
+    """The whole graph runs as shipped (small sizes) except its loader nodes."""
+    prompt = small_variant(load_api_workflow(name))
+    [(width, height)] = latent_sizes(prompt)
     saved_before = set(Path(comfy.output_dir).rglob("*.png"))
 
-    outputs = run_in_process(prompt, loaders)
+    outputs = run_in_process(prompt, tiny_loaders)
 
     [decoded] = [outputs[node_id][0] for node_id, node in prompt.items() if node["class_type"] == "VAEDecode"]
     assert decoded.shape == (1, height, width, 3)
@@ -367,3 +379,42 @@ def test_api_workflow_runs_in_process_with_tiny_loaders(comfy, pack, load_family
     [saved] = set(Path(comfy.output_dir).rglob("*.png")) - saved_before
     with Image.open(saved) as image:
         assert image.size == (width, height)
+
+
+# Sampler steps of each member at the example's shipped settings, in chain order: the target
+# takes every step, the others the window's. The README and the examples' notes quote them.
+EXAMPLE_STEPS = {
+    "amdm_two_members": [25, 10],
+    "amdm_sdxl": [25, 10],
+    "amdm_flux_dev_schnell": [20, 6],
+    "amdm_sd35_guider": [28, 12],
+    "amdm_wan21_t2v": [30, 11],
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_STEPS))
+def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str) -> None:
+    """Each member's model is watched (ComfyUI's unet function wrapper) where it enters its
+    ModelStack; the shipped steps run on small latents up to the sampler."""
+    prompt = small_variant(load_api_workflow(name), keep_steps=True)
+    timesteps: list[list[float]] = []
+
+    def watched_member(model: Any, **inputs: Any) -> tuple:
+        seen: list[float] = []
+        watched = model.clone()
+
+        def wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+            seen.append(float(args["timestep"][0]))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        watched.set_model_unet_function_wrapper(wrapper)
+        timesteps.append(seen)
+        return run_node("ModelStack", model=watched, **inputs)
+
+    samplers = [node_id for node_id, node in prompt.items()
+                if node["class_type"] in ("AMDMSampler", "SamplerCustomAdvanced")]
+    run_in_process(prompt, {**tiny_loaders, "ModelStack": watched_member}, outputs_of=samplers)
+
+    # A step evaluates its positive and negative prompt at one timestep, in one call or two.
+    steps = [sum(1 for i, t in enumerate(seen) if i == 0 or t != seen[i - 1]) for seen in timesteps]
+    assert steps == EXAMPLE_STEPS[name]
