@@ -67,7 +67,7 @@ class Member:
 
 
 class Kit:
-    """One family's two tiny models with their prompts."""
+    """One family's tiny models as members: model i with prompt i, the family's cfg."""
 
     def __init__(self, case: Case, models: list, encode: Callable[[str], list]):
         self.case = case
@@ -309,23 +309,23 @@ def shifted(member: Member, node: str, **inputs: Any) -> Member:
     return Member(run_node(node, model=member.model, **inputs)[0], member.positive, member.negative, member.cfg)
 
 
-def shift_pairs(kit) -> dict[str, tuple[Member, Member]]:
+def shift_pair(kit, pair: str) -> tuple[Member, Member, Case]:
+    """Target, member 2 and the latent's family of a pair that differs only in shift."""
     sd3, flux, wan = kit("sd3").members, kit("flux_dev").members, kit("wan21").members
     return {
-        "sd3 shift 3 + shift 6": (sd3[0], shifted(sd3[1], "ModelSamplingSD3", shift=6.0)),
-        "flux dev + schnell": (flux[0], kit("flux_schnell").members[0]),
+        "sd3 shift 3 + shift 6": (sd3[0], shifted(sd3[1], "ModelSamplingSD3", shift=6.0), CASES["sd3"]),
+        "flux dev + schnell": (flux[0], kit("flux_schnell").members[0], CASES["flux_dev"]),
         "wan shift 5 + shift 8": (shifted(wan[0], "ModelSamplingSD3", shift=5.0),
-                                  shifted(wan[1], "ModelSamplingSD3", shift=8.0)),
-    }
+                                  shifted(wan[1], "ModelSamplingSD3", shift=8.0), CASES["wan21"]),
+    }[pair]
 
 
 @pytest.mark.parametrize("pair", ["sd3 shift 3 + shift 6", "flux dev + schnell", "wan shift 5 + shift 8"])
 def test_flow_members_differing_only_in_shift_are_one_ecosystem(kit, pair: str) -> None:
     """A shift changes only a flow model's schedule: the run uses the target's sigmas, and
     member 2 is evaluated at exactly those."""
-    target, other = shift_pairs(kit)[pair]
-    family = "wan21" if pair.startswith("wan") else "sd3" if pair.startswith("sd3") else "flux_dev"
-    latent = CASES[family].latent()
+    target, other, case = shift_pair(kit, pair)
+    latent = case.latent()
     other, evaluations = watched(other)
 
     result = amdm(stack(target, other), latent, schedule(start_percent=0.0, end_percent=1.0))
