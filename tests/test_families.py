@@ -135,21 +135,21 @@ def ksampler(member: Member, latent: dict, sampler: str = "euler") -> torch.Tens
 
 class Evaluations:
     """Counts the evaluations of one model (ComfyUI's unet function wrapper on a clone) and
-    records the timestep of each."""
+    records the sigma of each (the wrapper sees sigma; the model maps it to its timestep)."""
 
     def __init__(self, model: Any):
-        self.timesteps: list[float] = []
+        self.sigmas: list[float] = []
         self.model = model.clone()
 
         def wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-            self.timesteps.append(float(args["timestep"][0]))
+            self.sigmas.append(float(args["timestep"][0]))
             return apply_model(args["input"], args["timestep"], **args["c"])
 
         self.model.set_model_unet_function_wrapper(wrapper)
 
-    def distinct_timesteps(self) -> list[float]:
-        """One entry per sampler step (cond and uncond of a step share a timestep)."""
-        return [t for i, t in enumerate(self.timesteps) if i == 0 or t != self.timesteps[i - 1]]
+    def steps(self) -> list[float]:
+        """The sigma of every sampler step (cond and uncond of a step share a sigma)."""
+        return [t for i, t in enumerate(self.sigmas) if i == 0 or t != self.sigmas[i - 1]]
 
 
 def watched(member: Member) -> tuple[Member, Evaluations]:
@@ -265,7 +265,7 @@ def test_guider_follows_model_sampling_patch_with_custom_sigmas(kit, family: str
     window = steps_above(CUSTOM_SIGMAS, target.model.get_model_object("model_sampling").percent_to_sigma(0.5))
     unpatched = steps_above(CUSTOM_SIGMAS, family_kit.models[0].get_model_object("model_sampling").percent_to_sigma(0.5))
     assert window != unpatched
-    assert len(evaluations.distinct_timesteps()) == window
+    assert len(evaluations.steps()) == window
 
 
 # ----------------------------------------------------------------------------- ecosystems
@@ -279,7 +279,7 @@ def assert_refused_before_evaluation(members: list[Member], latent: dict) -> str
     logs = [watched(member) for member in members]
     with pytest.raises(ValueError) as refusal:
         amdm(stack(*(m for m, _ in logs)), latent)
-    assert [len(evaluations.timesteps) for _, evaluations in logs] == [0] * len(members)
+    assert [len(evaluations.sigmas) for _, evaluations in logs] == [0] * len(members)
     message = str(refusal.value)
     assert "member 2" in message
     return message
@@ -334,9 +334,7 @@ def test_flow_members_differing_only_in_shift_are_one_ecosystem(kit, pair: str) 
     assert not torch.allclose(result, ksampler(target, latent))
     target_sigmas = comfy.samplers.calculate_sigmas(target.model.get_model_object("model_sampling"),
                                                     SCHEDULER, STEPS)
-    other_sampling = other.model.get_model_object("model_sampling")
-    expected = [float(other_sampling.timestep(sigma)) for sigma in target_sigmas[:-1]]
-    assert evaluations.distinct_timesteps() == pytest.approx(expected, rel=1e-5)
+    assert evaluations.steps() == pytest.approx(target_sigmas[:-1].tolist(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- video batch

@@ -397,7 +397,7 @@ def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str) -> None:
     """Each member's model is watched (ComfyUI's unet function wrapper) where it enters its
     ModelStack; the shipped steps run on small latents up to the sampler."""
     prompt = small_variant(load_api_workflow(name), keep_steps=True)
-    timesteps: list[list[float]] = []
+    sigmas: list[list[float]] = []
 
     def watched_member(model: Any, **inputs: Any) -> tuple:
         seen: list[float] = []
@@ -408,13 +408,13 @@ def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str) -> None:
             return apply_model(args["input"], args["timestep"], **args["c"])
 
         watched.set_model_unet_function_wrapper(wrapper)
-        timesteps.append(seen)
+        sigmas.append(seen)
         return run_node("ModelStack", model=watched, **inputs)
 
     samplers = [node_id for node_id, node in prompt.items()
                 if node["class_type"] in ("AMDMSampler", "SamplerCustomAdvanced")]
     run_in_process(prompt, {**tiny_loaders, "ModelStack": watched_member}, outputs_of=samplers)
 
-    # A step evaluates its positive and negative prompt at one timestep, in one call or two.
-    steps = [sum(1 for i, t in enumerate(seen) if i == 0 or t != seen[i - 1]) for seen in timesteps]
+    # A step evaluates its positive and negative prompt at one sigma, in one call or two.
+    steps = [sum(1 for i, t in enumerate(seen) if i == 0 or t != seen[i - 1]) for seen in sigmas]
     assert steps == EXAMPLE_STEPS[name]
