@@ -1,16 +1,21 @@
 """Does aggregation keep the latent at the norm its sigma expects?
 
-    python3 -m benchmarks.noise_norm [--steps 20] [--sizes 64 128]
+    python3 -m benchmarks.noise_norm [--steps 20] [--full-size 128]
 
 At every window step the merged latent is what each member continues from, so its norm
 must be what the next sigma expects: early on a latent is almost all noise, and averaging
-N independent noises keeps only about 1/sqrt(N) of it. This benchmark runs AMDMSampler on
-SD-size latents (4x64x64 and 4x128x128, batch 2) with two and three members of the SD1.5
-ecosystem (ComfyUI's SD1.5 model class at a narrow width, random weights: the noise, not
-the UNet, decides the norm early on) and reports, for every aggregation x noise mode, the
-largest deviation over the window's steps of ||merged latent|| / ||target alone's latent at
-the same step|| from 1, per batch item. The target alone is ComfyUI's KSampler with the
-same seed: its latent has the norm the model's own trajectory has at that sigma.
+N independent noises keeps only about 1/sqrt(N) of it. This benchmark runs AMDMGuider on
+SD-size latents (4x64x64, and 4x128x128 for the default and its contrasts; batch 2) with
+two and three members of the SD1.5 ecosystem. Each member is ComfyUI's SD1.5 model class
+at a narrow width with random weights, made a denoiser the way the test suite's fixture
+checkpoints are (eps = a * c_in * x, a = ln(sigma_max) / asinh(sigma_max), plus the
+member's own random UNet output scaled to 5% of that), so that latents keep ordinary sizes
+and members differ, at a cost that lets 4x128x128 run on a CPU. For each aggregation x
+noise mode it reports the largest deviation from 1, over the window's steps and the batch
+items, of ||merged latent|| / ||target alone's latent at the same step||. The target alone
+is ComfyUI's CFGGuider with the same noise: its latent has the norm the model's own
+trajectory has at that sigma. Only the window's steps are run (the default window of a
+--steps schedule).
 
 Prints a markdown table; every number comes from this run.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import time
 
 import torch
@@ -26,66 +32,102 @@ import torch
 from .comfy_setup import setup_comfy
 from .sd15 import CHEAP, sd15_patcher
 
-NARROW_CHANNELS = 32
 SEED = 7
+NARROW_CHANNELS = 32
+RANDOM_SHARE = 0.05
+# The paper's deviation length for 4x64x64 latents (its p, about 45 to 55).
+PAPER_P = 50.0
+
+
+def denoiser(patcher, sigma_max: float):
+    """A clone of ``patcher`` whose prediction is eps = a * c_in * x plus its random UNet's
+    eps scaled to RANDOM_SHARE of that (per item), through ComfyUI's UNet wrapper."""
+    gain = math.log(sigma_max) / math.asinh(sigma_max)
+    shaped = patcher.clone()
+
+    def wrapper(apply_model, args):
+        x, sigma = args["input"], args["timestep"].view(-1, 1, 1, 1)
+        random_eps = (x - apply_model(x, args["timestep"], **args["c"])) / sigma
+        base = gain * x / (sigma ** 2 + 1).sqrt()
+        scale = RANDOM_SHARE * base.flatten(1).norm(dim=1) / \
+            random_eps.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return x - sigma * (base + scale.view(-1, 1, 1, 1) * random_eps)
+    shaped.set_model_unet_function_wrapper(wrapper)
+    return shaped
 
 
 def latent_norms(guider, noise: torch.Tensor, latent: torch.Tensor, sampler,
                  sigmas: torch.Tensor) -> list[torch.Tensor]:
-    """Per-item norms of the latent at the start of every step (the callback's x)."""
+    """Per-item norms of the latent at the start of every step (the callback's x), then of
+    the result (every norm in the same latent units: ratios of them are what counts)."""
     norms: list[torch.Tensor] = []
-    guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=SEED,
-                  callback=lambda step, x0, x, total: norms.append(x.flatten(1).norm(dim=1)))
-    return norms
+    result = guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=SEED,
+                           callback=lambda step, x0, x, total:
+                           norms.append(x.flatten(1).norm(dim=1)))
+    return norms + [result.flatten(1).norm(dim=1)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128],
-                        help="latent sizes (64 = 512 px, 128 = 1024 px)")
+    parser.add_argument("--full-size", type=int, default=128,
+                        help="latent size of the default-schedule rows besides 64 (0: none)")
     parser.add_argument("--samplers", nargs="+", default=["euler", "euler_ancestral"])
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     setup_comfy()
     import comfy.sample
     import comfy.samplers
-    from comfyui_amdm.amdm_core import AGGREGATION_MODES, NOISE_MODES, Schedule, window_for
+    from comfyui_amdm.amdm_core import Schedule, window_for
     from comfyui_amdm.nodes import AMDMGuider, Member
     cpu = torch.device("cpu")
-    models = [sd15_patcher(cpu, NARROW_CHANNELS, seed=m, **CHEAP) for m in range(3)]
+    narrow = [sd15_patcher(cpu, NARROW_CHANNELS, seed=m, **CHEAP) for m in range(3)]
+    sigma_max = float(narrow[0].get_model_object("model_sampling").sigma_max)
+    models = [denoiser(model, sigma_max) for model in narrow]
     generator = torch.Generator().manual_seed(SEED)
-    contexts = [[[torch.randn(1, 77, 768, generator=generator), {}]] for _ in range(3)]
+    positives = [[[torch.randn(1, 77, 768, generator=generator), {}]] for _ in range(3)]
     negative = [[torch.zeros(1, 77, 768), {}]]
     default = Schedule()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {options.steps} steps, "
-          f"normal scheduler, window {default.start_percent}-{default.end_percent}, batch 2\n")
-    print("| latent | members | sampler | aggregation | noise_mode | largest deviation of "
-          "the norm ratio from 1 over the window | default |")
-    print("|---|---|---|---|---|---|---|")
-    started = time.monotonic()
     model_sampling = models[0].get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", options.steps)
-    window = window_for(sigmas.tolist(), model_sampling.percent_to_sigma, default)
+    schedule_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", options.steps)
+    window = window_for(schedule_sigmas.tolist(), model_sampling.percent_to_sigma, default)
+    sigmas = schedule_sigmas[:window.stop + 1]  # the window's steps only
     reference_guider = comfy.samplers.CFGGuider(models[0])
-    reference_guider.set_conds(contexts[0], negative)
+    reference_guider.set_conds(positives[0], negative)
     reference_guider.set_cfg(7.0)
-    for size, sampler_name in itertools.product(options.sizes, options.samplers):
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, window steps "
+          f"{window.start} to {window.stop - 1} of {options.steps} (normal scheduler), cfg 7, "
+          f"batch 2, denoiser-shaped narrow SD1.5 members\n")
+    print("| latent | members | sampler | aggregation | noise_mode | deviation | largest "
+          "deviation of the norm ratio from 1 over the window | default |")
+    print("|---|---|---|---|---|---|---|---|")
+    contrasts = [("linear", "shared", "none"), ("linear", "independent", "none"),
+                 ("slerp", "independent", "none")]
+    everything = [(a, n, "none") for a in ("linear", "slerp", "paper")
+                  for n in ("shared", "independent")] + [("paper", "independent", "absolute")]
+    started = time.monotonic()
+    sizes = [(64, everything)] + ([(options.full_size, contrasts)] if options.full_size else [])
+    for (size, settings), sampler_name in itertools.product(sizes, options.samplers):
         sampler = comfy.samplers.sampler_object(sampler_name)
         latent = torch.zeros(2, 4, size, size)
         noise = comfy.sample.prepare_noise(latent, SEED)
         reference = latent_norms(reference_guider, noise, latent, sampler, sigmas)
-        for n_members, aggregation, noise_mode in itertools.product(
-                (2, 3), AGGREGATION_MODES, NOISE_MODES):
-            schedule = Schedule(aggregation=aggregation, noise_mode=noise_mode)
-            stack = [Member(models[m], contexts[m], negative, 7.0) for m in range(n_members)]
+        for n_members, (aggregation, noise_mode, deviation) in itertools.product((2, 3),
+                                                                                 settings):
+            strength = PAPER_P * size / 64 if deviation == "absolute" else 0.0
+            schedule = Schedule(aggregation=aggregation, noise_mode=noise_mode,
+                                deviation_mode=deviation, deviation_strength=strength)
+            stack = [Member(models[m], positives[m], negative, 7.0) for m in range(n_members)]
             norms = latent_norms(AMDMGuider(stack, schedule), noise, latent, sampler, sigmas)
-            # the latents each window step produced: callback x of the steps after them
-            ratios = torch.stack([norms[k + 1] / reference[k + 1] for k in window])
-            deviation = float((ratios - 1).abs().max())
-            is_default = (aggregation, noise_mode) == (default.aggregation, default.noise_mode)
-            print(f"| 4x{size}x{size} | {n_members} | {sampler_name} | {aggregation} | {noise_mode} "
-                  f"| {deviation:.1%} | {'yes' if is_default else ''} |", flush=True)
+            # the latents each window step produced: callback x of the next step, the result
+            ratios = torch.stack([norms[k] / reference[k] for k in range(1, len(norms))])
+            worst = float((ratios - 1).abs().max())
+            is_default = (aggregation, noise_mode, deviation) == (
+                default.aggregation, default.noise_mode, default.deviation_mode)
+            shown = deviation if deviation == "none" else f"{deviation} {strength:g}"
+            print(f"| 4x{size}x{size} | {n_members} | {sampler_name} | {aggregation} | "
+                  f"{noise_mode} | {shown} | {worst:.1%} | {'yes' if is_default else ''} |",
+                  flush=True)
     print(f"\n{time.monotonic() - started:.0f} s. Reproduce: python3 -m benchmarks.noise_norm")
 
 

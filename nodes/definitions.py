@@ -205,7 +205,8 @@ class AMDMSamplerNode:
                                              "at a time: multistep samplers (dpmpp_2m, deis, "
                                              "lms, ...) restart their history at every "
                                              "aggregated step, uni_pc steps as euler there, "
-                                             "dpm_fast and dpm_adaptive are refused."}),
+                                             "dpm_fast, dpm_adaptive and sa_solver are "
+                                             "refused (see the node's help)."}),
                 "scheduler": (compat.SCHEDULER_NAMES,
                               {"tooltip": "The scheduler, computed on the target's model."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise (its noise_mask "

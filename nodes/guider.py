@@ -399,6 +399,11 @@ def _warn_on_noise_level(schedule: Schedule, n_members: int) -> None:
         logger.warning("aggregation 'linear' with noise_mode 'independent' averages independent "
                        "noises: the merged latent keeps only about 1/sqrt(N) of the noise the "
                        "next step expects. Use noise_mode 'shared' (the default), or 'slerp'")
+    if schedule.aggregation == "paper" and schedule.deviation_mode == "none":
+        logger.warning("aggregation 'paper' without deviation: after the first window step all "
+                       "members continue from one latent, and the paper's weights (their sum "
+                       "exceeds one) inflate it at every step. Use deviation_mode 'absolute' "
+                       "(the paper's p, about 50 for 512 px) or aggregation 'linear'")
     if schedule.aggregation == "paper" and schedule.noise_mode == "shared":
         logger.warning("aggregation 'paper' with noise_mode 'shared': the paper's weights keep "
                        "the norm of independent noises and inflate a shared one; use "

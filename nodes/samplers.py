@@ -14,7 +14,9 @@ every sampler ComfyUI offers, which of four cases it is:
   step: it evaluates the model and discards the prediction). Calls of fewer than two
   steps use ``single_step_sampler`` instead, which is the sampler's own first-order step.
 - refused: the sampler ignores the scheduler's sigmas (dpm_fast picks its own spacing,
-  dpm_adaptive solves the whole interval adaptively), so "step k" has no meaning for it.
+  dpm_adaptive solves the whole interval adaptively), so "step k" has no meaning for it;
+  or it cannot run in pieces at all (sa_solver returns the state of the step before the
+  last sigma of a call: a one-step call gives back its input).
 
 This table is the one place that knows samplers by name; README and node docs show it.
 """
@@ -51,18 +53,13 @@ def _table() -> dict[str, SamplerBehaviour]:
         "dpmpp_3m_sde_gpu": 1, "ipndm": 1, "ipndm_v": 1, "deis": 1, "res_multistep": 1,
         "res_multistep_cfg_pp": 1, "res_multistep_ancestral": 1,
         "res_multistep_ancestral_cfg_pp": 1, "gradient_estimation": 1,
-        "gradient_estimation_cfg_pp": 1, "er_sde": 1, "cfgpp_ud10_ab": 1, "sa_solver": 1,
-        "sa_solver_pece": 2,
+        "gradient_estimation_cfg_pp": 1, "er_sde": 1, "cfgpp_ud10_ab": 1,
     }
     table = {name: SamplerBehaviour(EXACT, n, "single-step: a one-step call is its own step")
              for name, n in exact.items()}
     table.update({name: SamplerBehaviour(RESTARTS, n, "multistep: each window step is its "
                                                       "first-order start")
                   for name, n in restarts.items()})
-    table["sa_solver"] = SamplerBehaviour(RESTARTS, 1, "loses its corrector (needs the "
-                                                       "previous step) in the window")
-    table["sa_solver_pece"] = SamplerBehaviour(RESTARTS, 2, "loses its corrector (needs the "
-                                                            "previous step) in the window")
     table["heunpp2"] = SamplerBehaviour(RESTARTS, 1, "looks two sigmas ahead: a one-step "
                                                      "call is its final-step form, euler")
     for name in ("uni_pc", "uni_pc_bh2"):
@@ -74,6 +71,10 @@ def _table() -> dict[str, SamplerBehaviour]:
                                                      "scheduler's")
     table["dpm_adaptive"] = SamplerBehaviour(REFUSED, 0, "solves each interval adaptively "
                                                          "with many evaluations")
+    for name in ("sa_solver", "sa_solver_pece"):
+        table[name] = SamplerBehaviour(REFUSED, 0, "returns its corrected state, one step "
+                                                   "behind the last sigma of each call, so it "
+                                                   "cannot run in pieces")
     return table
 
 

@@ -87,8 +87,8 @@ def test_a_weight_0_member_reproduces_the_targets_one_step_trajectory(amdm, tabl
                                                                        model_b, prompts,
                                                                        sampler):
     """Exact samplers: that trajectory is KSampler's own. Samplers that restart or are
-    adapted: it is KSamplerAdvanced run one step per call, with the sampler the window
-    uses for single steps."""
+    adapted: it is SamplerCustom run one step per call on the sampler's own sigmas (KSampler
+    adds a step for uni_pc and dpm_2), with the sampler the window uses for single steps."""
     Member, Schedule = amdm
     behaviour = table.SAMPLERS[sampler]
     members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
@@ -100,14 +100,14 @@ def test_a_weight_0_member_reproduces_the_targets_one_step_trajectory(amdm, tabl
                              steps=STEPS, scheduler=SCHEDULER)
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
         return
-    one_step = behaviour.single_step_sampler or sampler
+    one_step = comfy.samplers.sampler_object(behaviour.single_step_sampler or sampler)
+    sigmas = comfy.samplers.KSampler(model_a, steps=STEPS, device="cpu", sampler=sampler,
+                                     scheduler=SCHEDULER, denoise=1.0).sigmas
     latent = empty_latent()
     for k in range(STEPS):
-        latent = run_node("KSamplerAdvanced", model=model_a, add_noise="enable" if k == 0 else
-                          "disable", noise_seed=SEED, steps=STEPS, cfg=7.0,
-                          sampler_name=one_step, scheduler=SCHEDULER, positive=prompts["red"],
-                          negative=prompts["empty"], latent_image=latent, start_at_step=k,
-                          end_at_step=k + 1, return_with_leftover_noise="enable")[0]
+        latent = run_node("SamplerCustom", model=model_a, add_noise=k == 0, noise_seed=SEED,
+                          cfg=7.0, positive=prompts["red"], negative=prompts["empty"],
+                          sampler=one_step, sigmas=sigmas[k:k + 2], latent_image=latent)[0]
     torch.testing.assert_close(out, latent["samples"], rtol=1e-4, atol=1e-4)
     whole_run = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, sampler, steps=STEPS,
                          scheduler=SCHEDULER)
