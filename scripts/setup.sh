@@ -3,7 +3,8 @@
 # Idempotent: every step checks first and does nothing when already done.
 #
 #   bash scripts/setup.sh            # Python deps, ComfyUI, fixture models
-#   bash scripts/setup.sh --browser  # ... plus Debian's chromium for the browser tests
+#   bash scripts/setup.sh --browser  # ... plus Debian's chromium and the current ComfyUI
+#                                    # frontend for the browser tests
 #
 # ComfyUI is looked for, in order, at $COMFYUI_PATH, the ComfyUI containing this checkout
 # (<ComfyUI>/custom_nodes/<this repo>), $COMFYUI_AMDM_CACHE/ComfyUI and
@@ -134,6 +135,23 @@ if [[ $want_browser -eq 1 ]]; then
         log "installing Debian chromium"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+fi
+
+# --- current frontend (browser tests) ----------------------------------------------------
+# The browser tests also run the pack in the current ComfyUI frontend, which the server
+# serves with `--front-end-root`; it is installed beside the cache, not into ComfyUI's env.
+CURRENT_FRONTEND_VERSION="1.58.1"
+if [[ $want_browser -eq 1 ]]; then
+    frontend_dir="$cache_dir/frontend/$CURRENT_FRONTEND_VERSION"
+    if [[ -f "$frontend_dir/comfyui_frontend_package/static/index.html" ]]; then
+        log "comfyui-frontend-package $CURRENT_FRONTEND_VERSION present"
+    else
+        log "installing comfyui-frontend-package $CURRENT_FRONTEND_VERSION into $frontend_dir"
+        mkdir -p "$cache_dir/frontend"
+        rm -rf "$frontend_dir.partial"
+        pip_install --no-deps --target "$frontend_dir.partial" "comfyui-frontend-package==$CURRENT_FRONTEND_VERSION"
+        mv "$frontend_dir.partial" "$frontend_dir"
     fi
 fi
 
