@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightErro
 
 from support.comfy_env import cache_dir, find_comfyui, load_comfy_extra_nodes
 from support.comfy_server import ComfyServer
+from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
                             provide_input_images, saved_images, small_value)
 
@@ -452,10 +453,74 @@ def test_help_pages_show_as_lists(session: FrontendSession) -> None:
     page.page.keyboard.press("Escape")
 
 
+def test_schedule_chart_without_a_stack_shows_the_curve(session: FrontendSession) -> None:
+    page = session.page
+    page.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [],
+               "config": {}, "extra": {}, "version": 0.4})
+    node_id = page.page.evaluate("""() => {
+        const node = LiteGraph.createNode("AggregationSchedule");
+        app.graph.add(node);
+        node.widgets.find((w) => w.name === "weight_curve").value = "linear_decay";
+        return node.id;
+    }""")
+    page.frame_node(node_id)
+    view = page.chart_view(node_id)
+    assert view["connected"] is False and view["exact"] is False
+    assert view["stepCount"] == 20
+    # Defaults: end_percent 0.4 of 20 "simple" steps -> steps 0-7; others fade as 1 - j/8.
+    assert view["inWindow"] == list(range(8))
+    assert [row[1] for row in view["shares"][:9]] == pytest.approx([1 - j / 8 for j in range(8)] + [0])
+    image = page.node_image(node_id, "schedule_unconnected.png")
+    assert colour_pixels(image, MEMBER_RGB[0]) > 100
+
+
+def test_chart_follows_a_flow_models_shift(session: FrontendSession, comfy, sd15) -> None:
+    """A ModelSamplingSD3 node on the target's model path: the chart samples on the flow
+    sigmas of its shift, like the sampler does (karras spaces them by sigma, so the shift
+    moves the window's end)."""
+    from comfy.samplers import KSampler
+
+    page = session.page
+    page.load(load_ui_workflow("amdm_two_members"))
+    schedule = page.node_id("AggregationSchedule")
+    page.page.evaluate("""() => {
+        const stack = app.graph.nodes.filter((n) => n.type === "ModelStack")
+            .find((n) => !n.getInputLink(n.inputs.findIndex((i) => i.name === "stack")));
+        const link = stack.getInputLink(stack.inputs.findIndex((i) => i.name === "model"));
+        const loader = app.graph.getNodeById(link.origin_id);
+        const shift = LiteGraph.createNode("ModelSamplingSD3");
+        app.graph.add(shift);
+        shift.widgets.find((w) => w.name === "shift").value = 3.0;
+        loader.connect(link.origin_slot, shift, 0);
+        shift.connect(0, stack, "model");
+        app.graph.nodes.find((n) => n.type === "AMDMSampler").widgets
+            .find((w) => w.name === "scheduler").value = "karras";
+    }""")
+    view = page.chart_view(schedule)
+    model = comfy.run("ModelSamplingSD3", model=sd15.model, shift=3.0)[0]
+    sigmas = KSampler(model, steps=25, device="cpu", sampler="euler", scheduler="karras",
+                      model_options=model.model_options).sigmas
+    end = model.get_model_object("model_sampling").percent_to_sigma(0.4)
+    assert view["family"] == "ModelSamplingSD3 shift 3"
+    assert view["inWindow"] == [k for k in range(25) if sigmas[k] > end] == [0, 1]
+
+
 def test_queue_from_the_page_completes(session: FrontendSession) -> None:
     page, server = session.page, session.server
     page.load(load_ui_workflow("amdm_two_members"))
     shrink_loaded_graph(page)
+    # Both members on one checkpoint (one model to load on a fresh server), two steps (the
+    # first aggregated).
+    page.page.evaluate("""(name) => {
+        for (const node of app.graph.nodes) {
+            const set = (widget, value) => {
+                const found = node.widgets?.find((w) => w.name === widget);
+                if (found) found.value = value;
+            };
+            if (node.type === "CheckpointLoaderSimple") set("ckpt_name", name);
+            if (node.type === "AMDMSampler") set("steps", 2);
+        }
+    }""", CHECKPOINT_NAMES[0])
     # A seed no other test uses, so that the server samples instead of replaying its cache.
     sampler = page.node_id("AMDMSampler")
     page.page.evaluate("([id, seed]) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value = seed; }",
@@ -489,63 +554,6 @@ def test_nothing_logged_from_the_pack(session: FrontendSession) -> None:
 
 
 # ---------------------------------------------------------------------- the chart's data
-
-
-def test_schedule_chart_without_a_stack_shows_the_curve(browser: Browser, comfy_server) -> None:
-    page = ComfyPage(browser, comfy_server.url)
-    try:
-        page.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [],
-                   "config": {}, "extra": {}, "version": 0.4})
-        node_id = page.page.evaluate("""() => {
-            const node = LiteGraph.createNode("AggregationSchedule");
-            app.graph.add(node);
-            node.widgets.find((w) => w.name === "weight_curve").value = "linear_decay";
-            return node.id;
-        }""")
-        page.frame_node(node_id)
-        view = page.chart_view(node_id)
-        assert view["connected"] is False and view["exact"] is False
-        assert view["stepCount"] == 20
-        # Defaults: end_percent 0.4 of 20 "simple" steps -> steps 0-7; others fade as 1 - j/8.
-        assert view["inWindow"] == list(range(8))
-        assert [row[1] for row in view["shares"][:9]] == pytest.approx([1 - j / 8 for j in range(8)] + [0])
-        image = page.node_image(node_id, "schedule_unconnected.png")
-        assert colour_pixels(image, MEMBER_RGB[0]) > 100
-        assert page.log.from_pack() == []
-    finally:
-        page.close()
-
-
-def test_chart_follows_a_flow_models_shift(browser: Browser, comfy_server, comfy, sd15) -> None:
-    """A ModelSamplingSD3 node on the target's model path: the chart samples on its flow sigmas
-    and shift, like the sampler does."""
-    from comfy.samplers import KSampler
-
-    page = ComfyPage(browser, comfy_server.url)
-    try:
-        page.load(load_ui_workflow("amdm_two_members"))
-        schedule = page.node_id("AggregationSchedule")
-        page.page.evaluate("""() => {
-            const stack = app.graph.nodes.filter((n) => n.type === "ModelStack")
-                .find((n) => !n.getInputLink(n.inputs.findIndex((i) => i.name === "stack")));
-            const link = stack.getInputLink(stack.inputs.findIndex((i) => i.name === "model"));
-            const loader = app.graph.getNodeById(link.origin_id);
-            const shift = LiteGraph.createNode("ModelSamplingSD3");
-            app.graph.add(shift);
-            shift.widgets.find((w) => w.name === "shift").value = 6.0;
-            loader.connect(link.origin_slot, shift, 0);
-            shift.connect(0, stack, "model");
-        }""")
-        view = page.chart_view(schedule)
-        model = comfy.run("ModelSamplingSD3", model=sd15.model, shift=6.0)[0]
-        sigmas = KSampler(model, steps=25, device="cpu", sampler="euler", scheduler="normal",
-                          model_options=model.model_options).sigmas
-        expected = [k for k in range(25)
-                    if sigmas[k] > model.get_model_object("model_sampling").percent_to_sigma(0.4)]
-        assert "ModelSamplingSD3" in view["family"] and "shift 6" in view["family"]
-        assert view["inWindow"] == expected and len(expected) not in (0, 10)
-    finally:
-        page.close()
 
 
 def window_cases() -> Iterator[dict]:
@@ -609,7 +617,7 @@ def test_chart_route_runs_the_sigmas_nodes(comfy_server, comfy, sd15) -> None:
     assert answer["exact"] is False and "does not produce SIGMAS" in answer["note"]
 
 
-def test_chart_route_shares_are_the_samplers_coefficients(comfy_server) -> None:
+def test_chart_route_shares_are_the_samplers_coefficients(comfy_server, pack) -> None:
     from comfyui_amdm.amdm_core import member_coefficients, step_weights
 
     schedule = {"end_percent": 0.5, "aggregation": "paper", "weight_curve": "cosine_decay", "target_member": 2}

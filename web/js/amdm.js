@@ -206,7 +206,8 @@ const chartStates = new WeakMap();
 function chartState(node) {
   let state = chartStates.get(node);
   if (!state) {
-    state = { key: null, request: null, data: null, error: null };
+    // `request`: the graph as last read; `answered`: the request `data` answers.
+    state = { key: null, request: null, answered: null, data: null, error: null };
     chartStates.set(node, state);
   }
   return state;
@@ -239,6 +240,7 @@ function refreshChart(node) {
     .then(async (response) => {
       const answer = await response.json();
       if (state.key !== key) return;
+      state.answered = request;
       state.data = response.ok ? answer : null;
       state.error = response.ok ? null : answer.error ?? `HTTP ${response.status}`;
     })
@@ -256,14 +258,14 @@ function refreshChart(node) {
 export function scheduleView(node) {
   const state = chartState(node);
   if (!state.data) return state.error ? { error: state.error } : null;
-  const data = state.data;
-  const legend = state.request?.legend ?? [];
+  const { data, answered } = state;
+  const legend = answered.legend;
   const [first, stop] = data.window;
   const inWindow = Array.from({ length: stop - first }, (_, j) => first + j);
   const connected = legend.length > 0;
   let members = legend;
   let shares = data.shares;
-  let targetIndex = Number(state.request?.schedule.target_member ?? 1) - 1;
+  let targetIndex = Number(answered.schedule.target_member ?? 1) - 1;
   if (!connected || targetIndex >= legend.length) targetIndex = 0;
   if (!connected) {
     // Without a stack: the target's weight against the factor applied to all others.
@@ -276,7 +278,7 @@ export function scheduleView(node) {
     shares = Array.from({ length: data.steps }, () => legend.map((_, m) => (m === targetIndex ? 1 : 0)));
   }
   return {
-    schedule: state.request.schedule,
+    schedule: answered.schedule,
     stepCount: data.steps,
     inWindow,
     members,
@@ -343,7 +345,7 @@ function drawScheduleChart(ctx, node, x, y, width, height) {
     : `window empty (0 of ${approx}${stepCount} steps)`;
   ctx.fillStyle = inWindow.length ? "#ddd" : "#f08c6c";
   ctx.fillText(fitText(ctx, header, width - 8), x + 4, y + 4);
-  let detail = view.connected ? `share per step · ${schedule.aggregation}` : "no stack: weight factor";
+  let detail = view.connected ? schedule.aggregation : "no stack: weight factor";
   detail += ` · ${schedule.weight_curve}`;
   if (schedule.deviation_mode === "relative") detail += ` · deviation r=${formatNumber(schedule.deviation_strength)}`;
   else if (schedule.deviation_mode === "absolute") detail += ` · deviation p=${formatNumber(schedule.deviation_strength)}`;
