@@ -268,7 +268,7 @@ class ComfyPage:
         while True:
             view = self.graph_view("scheduleView", node_id)
             expected = self.graph_view("chartRequest", node_id)
-            if view and "error" not in view and view["schedule"] == expected["schedule"]:
+            if view and "error" not in view and view["request"] == expected["body"]:
                 return view
             assert time.monotonic() < deadline, f"the chart did not update: {view}"
             self.page.wait_for_timeout(200)
@@ -398,6 +398,10 @@ def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
     before_view = page.chart_view(schedule)
     before = page.node_image(schedule, "schedule_end_0.40.png")
 
+    if session.page.frontend.current:
+        # With the side panel showing the selected node's widgets, the node's chart still redraws.
+        page.page.evaluate("(id) => app.canvas.selectNode(app.graph.getNodeById(id))", schedule)
+        page.set_setting("Comfy.RightSidePanel.IsOpen", True)
     page.type_into_widget(schedule, "end_percent", "0.8")
     assert page.widget_value(schedule, "end_percent") == pytest.approx(0.8)
     after_view = page.chart_view(schedule)
@@ -415,6 +419,13 @@ def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
     assert bracket_after / bracket_before == pytest.approx(2.0, rel=0.15)
     # Member 2's share (blue) covers twice the steps.
     assert colour_pixels(after, MEMBER_RGB[1]) / colour_pixels(before, MEMBER_RGB[1]) == pytest.approx(2.0, rel=0.15)
+
+    # The chart follows the sampler node too: 30 steps, 0.8 of them aggregated.
+    page.type_into_widget(page.node_id("AMDMSampler"), "steps", "30")
+    view = page.chart_view(schedule)
+    assert view["stepCount"] == 30 and view["inWindow"] == list(range(24))
+    if session.page.frontend.current:
+        page.set_setting("Comfy.RightSidePanel.IsOpen", False)
 
 
 def test_member_badges_follow_the_chain(session: FrontendSession) -> None:

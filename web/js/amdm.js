@@ -183,31 +183,33 @@ function sigmasSource(consumer) {
   return null;
 }
 
-/** What the chart route needs to know about a schedule node's graph, and the legend's members. */
+/**
+ * What the chart route needs to know about a schedule node's graph (`body`), and the members
+ * as the legend names them.
+ */
 export function chartRequest(scheduleNode) {
   const consumer = scheduleConsumer(scheduleNode);
   const stack = consumer ? stackNodesFeeding(consumer) : [];
   const schedule = widgetValues(scheduleNode);
   const target = stack[Number(schedule.target_member ?? 1) - 1] ?? stack[0];
-  return {
+  const body = {
     schedule,
     members: stack.map((node) => ({ weight: readMember(node).weight })),
     model_sampling: target ? modelSamplingChain(target) : [],
     sigmas: sigmasSource(consumer),
-    legend: stack.map(readMember),
   };
+  return { body, legend: stack.map(readMember) };
 }
 
 // ------------------------------------------------------------------ the chart's data
 
-/** Per schedule node: the last request sent and the route's answer to it. */
+/** Per schedule node: the last request sent, and the route's answer with its request. */
 const chartStates = new WeakMap();
 
 function chartState(node) {
   let state = chartStates.get(node);
   if (!state) {
-    // `request`: the graph as last read; `answered`: the request `data` answers.
-    state = { key: null, request: null, answered: null, data: null, error: null };
+    state = { key: null, answered: null, data: null, error: null };
     chartStates.set(node, state);
   }
   return state;
@@ -230,10 +232,8 @@ function refreshChart(node) {
     reportOnce(node, "read the graph around", error);
     return;
   }
-  const { legend, ...body } = request;
-  const key = JSON.stringify(body);
+  const key = JSON.stringify(request.body);
   const state = chartState(node);
-  state.request = request;
   if (key === state.key) return;
   state.key = key;
   api.fetchApi(CHART_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" }, body: key })
@@ -265,7 +265,8 @@ export function scheduleView(node) {
   const connected = legend.length > 0;
   let members = legend;
   let shares = data.shares;
-  let targetIndex = Number(answered.schedule.target_member ?? 1) - 1;
+  const schedule = answered.body.schedule;
+  let targetIndex = Number(schedule.target_member ?? 1) - 1;
   if (!connected || targetIndex >= legend.length) targetIndex = 0;
   if (!connected) {
     // Without a stack: the target's weight against the factor applied to all others.
@@ -278,7 +279,8 @@ export function scheduleView(node) {
     shares = Array.from({ length: data.steps }, () => legend.map((_, m) => (m === targetIndex ? 1 : 0)));
   }
   return {
-    schedule: answered.schedule,
+    request: answered.body,
+    schedule,
     stepCount: data.steps,
     inWindow,
     members,
@@ -483,7 +485,7 @@ function badgeLabel(node) {
   return { label, color: memberColor(info.index) };
 }
 
-/** A rounded pill in the member's colour, right-aligned at `right`; returns nothing. */
+/** A rounded pill in the member's colour, right-aligned at `right`. */
 function drawPill(ctx, label, color, right, y, height, maxWidth) {
   ctx.save();
   ctx.font = "bold 11px Arial";
@@ -513,13 +515,14 @@ function drawMemberTitle(node, ctx) {
   ctx.restore();
 }
 
-/** Runs a drawing, reporting a failure once per node instead of on every frame. */
+/** Logs a failure once per node instead of on every frame. */
 function reportOnce(node, what, error) {
   if (node.amdmFailed) return;
   node.amdmFailed = true;
   console.error(`AMDM: could not ${what} ${node.type} #${node.id}`, error);
 }
 
+/** Runs a drawing of an expanded node; a failure is logged, never thrown into the renderer. */
 function guarded(node, draw) {
   if (node.flags?.collapsed) return;
   try {
@@ -541,7 +544,8 @@ function addChartWidget(node) {
     type: CHART_WIDGET,
     value: null,
     serialize: false,
-    options: { serialize: false },
+    // hideInPanel: the side panel would bind a second copy, and a widget redraws only one.
+    options: { serialize: false, hideInPanel: true },
     computeSize: (width) => [width ?? CHART_MIN_WIDTH, CHART_HEIGHT],
     draw(ctx, drawnNode, width, y) {
       guarded(drawnNode, () => drawScheduleChart(ctx, drawnNode, 10, y, width - 20, CHART_HEIGHT));
@@ -551,12 +555,13 @@ function addChartWidget(node) {
 
 /** The member badge as a widget row, for the Vue renderer, which draws no titles of ours. */
 function addBadgeWidget(node) {
-  return node.addCustomWidget({
+  node.addCustomWidget({
     name: BADGE_WIDGET,
     type: BADGE_WIDGET,
     value: null,
     serialize: false,
-    options: { serialize: false },
+    // hideInPanel: the side panel would bind a second copy, and a widget redraws only one.
+    options: { serialize: false, hideInPanel: true },
     // On the classic canvas the title carries the badge, so the row takes no space there.
     computeSize: (width) => [width ?? 0, LiteGraph.vueNodesMode ? BADGE_ROW_HEIGHT : -4],
     draw(ctx, drawnNode, width, y) {
@@ -573,8 +578,28 @@ function addBadgeWidget(node) {
   });
 }
 
-/** Redraw our nodes when a widget changes: other nodes' drawings depend on it. */
-function redrawOnWidgetChange(node) {
+let refreshQueued = false;
+
+/** Brings every chart and badge of the shown graph up to date with it, once per task. */
+function refreshGraphView() {
+  if (refreshQueued) return;
+  refreshQueued = true;
+  queueMicrotask(() => {
+    refreshQueued = false;
+    const graph = app.canvas?.graph ?? app.graph;
+    for (const node of graph?.nodes ?? []) {
+      if (node.type === "AggregationSchedule") refreshChart(node);
+      if (node.type === "AggregationSchedule" || node.type === "ModelStack") redraw(node);
+    }
+  });
+}
+
+/**
+ * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS nodes'
+ * and the ModelSampling nodes' widgets. Both renderers call a widget's callback on an edit;
+ * the Vue renderer draws our widgets only when asked.
+ */
+function refreshOnWidgetChange(node) {
   for (const widget of node.widgets ?? []) {
     const original = widget.callback;
     widget.callback = function (...args) {
@@ -585,21 +610,14 @@ function redrawOnWidgetChange(node) {
   }
 }
 
-/** Brings every chart and badge of the shown graph up to date with it. */
-function refreshGraphView() {
-  const graph = app.canvas?.graph ?? app.graph;
-  for (const node of graph?.nodes ?? []) {
-    if (node.type === "AggregationSchedule") refreshChart(node);
-    if (node.type === "AggregationSchedule" || node.type === "ModelStack") redraw(node);
-  }
-}
-
 app.registerExtension({
   name: "comfyui-amdm.GraphView",
   setup() {
-    // Fires after edits anywhere in the graph (a sampler's steps, a scheduler node, a link), in
-    // both renderers.
+    // The workflow's change tracker: links, undo, pasted nodes.
     api.addEventListener("graphChanged", refreshGraphView);
+  },
+  nodeCreated(node) {
+    refreshOnWidgetChange(node);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "AggregationSchedule" && nodeData.name !== "ModelStack") return;
@@ -608,7 +626,6 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = onNodeCreated?.apply(this, args);
-      redrawOnWidgetChange(this);
       if (isSchedule) {
         addChartWidget(this);
         const [width, height] = this.computeSize();
