@@ -3,8 +3,7 @@
 # Idempotent: every step checks first and does nothing when already done.
 #
 #   bash scripts/setup.sh            # Python deps, ComfyUI, fixture models
-#   bash scripts/setup.sh --browser  # ... plus Debian's chromium and the current ComfyUI
-#                                    # frontend for the browser tests
+#   bash scripts/setup.sh --browser  # ... plus Debian's chromium for the browser tests
 #
 # ComfyUI is looked for, in order, at $COMFYUI_PATH, the ComfyUI containing this checkout
 # (<ComfyUI>/custom_nodes/<this repo>), $COMFYUI_AMDM_CACHE/ComfyUI and
