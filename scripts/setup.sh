@@ -135,13 +135,9 @@ if [[ $want_browser -eq 1 ]]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
     fi
-fi
-
-# --- current frontend (browser tests) ----------------------------------------------------
-# The browser tests also run the pack in the current ComfyUI frontend, which the server
-# serves with `--front-end-root`; it is installed beside the cache, not into ComfyUI's env.
-CURRENT_FRONTEND_VERSION="1.58.1"
-if [[ $want_browser -eq 1 ]]; then
+    # The current ComfyUI frontend: the browser tests also run the pack in it, served with
+    # `--front-end-root`. Installed under the cache, not into ComfyUI's environment.
+    CURRENT_FRONTEND_VERSION="1.58.1"
     frontend_dir="$cache_dir/frontend/$CURRENT_FRONTEND_VERSION"
     if [[ -f "$frontend_dir/comfyui_frontend_package/static/index.html" ]]; then
         log "comfyui-frontend-package $CURRENT_FRONTEND_VERSION present"

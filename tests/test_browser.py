@@ -69,7 +69,7 @@ def pinned_frontend_version() -> str:
 
 def current_frontend_version() -> str:
     """The current frontend's version, pinned in one place: scripts/setup.sh."""
-    return re.search(r'^CURRENT_FRONTEND_VERSION="(.+)"', SETUP_SCRIPT.read_text(encoding="utf-8"), re.M).group(1)
+    return re.search(r'^\s*CURRENT_FRONTEND_VERSION="(.+)"', SETUP_SCRIPT.read_text(encoding="utf-8"), re.M).group(1)
 
 
 def current_frontend_root() -> Path:
@@ -462,6 +462,8 @@ def test_help_pages_show_as_lists(session: FrontendSession) -> None:
     box = help_content.bounding_box()
     (ARTIFACTS / f"{session.page.frontend}_help.png").write_bytes(page.page.screenshot(clip=box))
     page.page.keyboard.press("Escape")
+    if session.page.frontend.current:
+        page.set_setting("Comfy.RightSidePanel.IsOpen", False)
 
 
 def test_schedule_chart_without_a_stack_shows_the_curve(session: FrontendSession) -> None:
