@@ -120,7 +120,10 @@ async def apply_model_sampling(model: comfy.model_patcher.ModelPatcher,
         inputs = {name: model if kind == "MODEL" else given[name]
                   for name, kind in declared.items() if kind == "MODEL" or name in given}
         model = (await _call_node(node_class, inputs))[0]
-        shown = ", ".join(f"{name} {value}" for name, value in inputs.items() if declared[name] != "MODEL")
+        # Flow models: the shift that results (ModelSamplingFlux derives it from the image size).
+        shift = getattr(model.get_model_object("model_sampling"), "shift", None)
+        shown = f"shift {shift:.3g}" if shift is not None else ", ".join(
+            f"{name} {value}" for name, value in inputs.items() if declared[name] != "MODEL")
         family = f"{class_type} {shown}".strip()
     return model, family
 
