@@ -95,17 +95,21 @@ class AggregationSchedule:
             "required": {
                 "start_percent": ("FLOAT", {"default": d.start_percent, "min": 0.0, "max": 1.0,
                                             "step": 0.01,
-                                            "tooltip": "Start of the window, as a fraction of "
-                                                       "the denoising in ComfyUI's timestep "
-                                                       "percent (percent_to_sigma): step k is "
-                                                       "in it when start <= progress(k) < end. "
+                                            "tooltip": "Start of the window, in ComfyUI's "
+                                                       "timestep percent (as "
+                                                       "ConditioningSetTimestepRange): step k "
+                                                       "is in it when start <= progress(k) < "
+                                                       "end; a step on a boundary belongs to "
+                                                       "the window that starts there. Absolute: "
+                                                       "with denoise 0.6 a run starts at 0.4. "
                                                        "A window that starts after step 0 "
                                                        "starts every member from the target's "
                                                        "latent."}),
                 "end_percent": ("FLOAT", {"default": d.end_percent, "min": 0.0, "max": 1.0,
                                           "step": 0.01,
-                                          "tooltip": "End of the window; after it the target "
-                                                     "finishes alone and the others stop."}),
+                                          "tooltip": "End of the window (1 = to the last "
+                                                     "step); after it the target finishes "
+                                                     "alone and the others stop."}),
                 "aggregation": (AGGREGATION_MODES, {"default": d.aggregation,
                                                     "tooltip": "linear: weighted mean; slerp: "
                                                                "weighted mean rescaled to the "
@@ -132,18 +136,23 @@ class AggregationSchedule:
                                           "tooltip": "Which member (1 = first in the chain) "
                                                      "produces the image."}),
                 "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
-                                             "tooltip": "independent: each member starts from "
-                                                        "its own noise derived from the seed; "
-                                                        "shared: all start from the target's. "
-                                                        "Only for windows that start at step 0."}),
+                                             "tooltip": "shared: all members start from the "
+                                                        "target's noise and draw the same "
+                                                        "stochastic noise at each window step, "
+                                                        "so merging keeps the noise level "
+                                                        "(right for linear and slerp); "
+                                                        "independent: each member its own noise "
+                                                        "derived from the seed (right for "
+                                                        "paper, whose weights keep the norm of "
+                                                        "independent noises)."}),
             },
             "optional": {
                 "start_step": ("INT", {"default": d.start_step, "min": 0, "max": MAX_STEP,
                                        "tooltip": "Also require step index >= start_step "
                                                   "(0 = no limit)."}),
                 "end_step": ("INT", {"default": d.end_step, "min": 0, "max": MAX_STEP,
-                                     "tooltip": "Also require step index < end_step "
-                                                f"({MAX_STEP} = no limit)."}),
+                                     "tooltip": "Also require step index < end_step; "
+                                                "0 = no limit."}),
             },
         }
 
@@ -156,7 +165,7 @@ class AggregationSchedule:
 
 def _guider(node: str, stack: tuple, schedule: Optional[Schedule]) -> AMDMGuider:
     try:
-        return AMDMGuider(stack, DEFAULT_SCHEDULE if schedule is None else schedule)
+        return AMDMGuider(stack, DEFAULT_SCHEDULE if schedule is None else schedule, node)
     except ValueError as error:
         raise _node_error(node, error) from None
 
@@ -197,8 +206,11 @@ class AMDMSamplerNode:
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
                                   "tooltip": "Number of sampler steps."}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,
-                                 {"tooltip": "The sampler; multistep samplers restart their "
-                                             "history at every aggregated step."}),
+                                 {"tooltip": "The sampler. Inside the window it takes one step "
+                                             "at a time: multistep samplers (dpmpp_2m, deis, "
+                                             "lms, ...) restart their history at every "
+                                             "aggregated step, uni_pc steps as euler there, "
+                                             "dpm_fast and dpm_adaptive are refused."}),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS,
                               {"tooltip": "The scheduler, computed on the target's model."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise (its noise_mask "

@@ -4,8 +4,13 @@ AMDMGuider is a CFGGuider for the target member. Its sample() hands ComfyUI a KS
 whose function drives the user's sampler in segments: the target alone before the window,
 all members one step at a time inside it (aggregated by amdm_core), the target alone
 after it. Noise scaling, inpainting, CFG, patches, hooks, model loading and the progress
-callback all stay ComfyUI's: every member is prepared by a stock CFGGuider.sample call,
-nested so that all of them are live during the window and released after it.
+callback all stay ComfyUI's.
+
+Member lifetimes: every other member runs inside a stock CFGGuider.sample call of its own,
+which prepares its conds, hooks, ControlNets and model and releases them when it returns.
+Those calls are opened one inside the other (members in stack order) and closed in
+reverse, so that all members are live during the window; each member's state while live is
+a MemberSession.
 """
 from __future__ import annotations
 
@@ -13,13 +18,16 @@ import logging
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 import comfy.model_management
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..amdm_core import Schedule, WindowPlan, derive_seed, run_window, step_weights, window_steps
+from ..amdm_core import (Schedule, WindowPlan, derive_seed, progress_of, run_window, step_weights,
+                         window_for)
+from . import samplers
 from .members import Member, check_members, member_label
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,70 @@ NOISE_STREAM, STEP_STREAM, TAIL_STREAM = 1, 2, 3
 Callback = Callable[[dict], None]
 
 
+class SamplerDrive:
+    """The user's KSAMPLER as AMDM drives it: whole segments and single window steps."""
+
+    def __init__(self, sampler: comfy.samplers.KSAMPLER):
+        self.function = sampler.sampler_function
+        self.extra_options = sampler.extra_options
+        self.name = samplers.sampler_name_of(self.function)
+        self.behaviour = samplers.SAMPLERS.get(self.name) if self.name else None
+        if self.behaviour is not None and self.behaviour.drive == samplers.REFUSED:
+            raise ValueError(samplers.refusal(self.name))
+        single = self.behaviour.single_step_sampler if self.behaviour else None
+        self.single_step_function = (comfy.samplers.ksampler(single).sampler_function
+                                     if single else self.function)
+        self.probed = self.behaviour is not None
+
+    def probe(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor,
+              extra_args: dict) -> None:
+        """A sampler the table does not know is driven one step per call only if a one-step
+        call demonstrably uses the model: run it on one step against two stand-in models
+        (the denoised prediction 0 and x / 2) and require different results."""
+        if self.probed:
+            return
+        name = getattr(self.function, "__name__", repr(self.function))
+        results, evaluations = [], []
+        for scale in (0.0, 0.5):
+            stand_in = _StandInModel(model_k, scale)
+            results.append(self.function(stand_in, x, sigmas[:2], extra_args={**extra_args},
+                                         callback=None, disable=True, **self.extra_options))
+            evaluations.append(stand_in.calls)
+        if min(evaluations) == 0 or torch.equal(results[0], results[1]):
+            raise ValueError(f"sampler function '{name}' is not in AMDM's sampler table and a "
+                             f"one-step call of it ignores the model, so it cannot be driven "
+                             f"one step at a time; use {samplers.SUGGESTED}")
+        logger.info("sampler function '%s' is not in AMDM's sampler table; a one-step call "
+                    "uses the model (%d evaluations), so it is driven one step per call "
+                    "(any multistep history restarts at each window step)", name,
+                    evaluations[1])
+        self.probed = True
+
+    def run(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict,
+            callback: Optional[Callback], seed: int) -> torch.Tensor:
+        """The sampler over ``sigmas`` (any number of steps) in one call, no console bar."""
+        function = self.single_step_function if len(sigmas) < 3 else self.function
+        return function(model_k, x, sigmas, extra_args={**extra_args, "seed": seed},
+                        callback=callback, disable=True, **self.extra_options)
+
+
+class _StandInModel:
+    """A model_k whose prediction is ``scale * x``; attributes come from the real one, for
+    samplers that read model_sampling or patchers off their model."""
+
+    def __init__(self, model_k: Any, scale: float):
+        self._model_k = model_k
+        self._scale = scale
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.calls += 1
+        return x * self._scale
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model_k, name)
+
+
 def _offset_callback(callback: Optional[Callback], offset: int) -> Optional[Callback]:
     """k-diffusion numbers steps from 0 in every call; the progress bar counts the run."""
     if callback is None or offset == 0:
@@ -37,7 +109,7 @@ def _offset_callback(callback: Optional[Callback], offset: int) -> Optional[Call
     return lambda info: callback({**info, "i": info["i"] + offset})
 
 
-class _LiveMember:
+class MemberSession:
     """A member whose CFGGuider.sample is in progress: conds processed, model loaded."""
 
     def __init__(self, guider: comfy.samplers.CFGGuider, model_k: Any, x_start: torch.Tensor,
@@ -71,80 +143,96 @@ class _LiveMember:
 class _Run:
     """State of one AMDMGuider.sample call."""
 
-    def __init__(self, guider: "AMDMGuider", sampler: comfy.samplers.KSAMPLER,
+    def __init__(self, guider: "AMDMGuider", drive: SamplerDrive, inpaint_options: dict,
                  noise: torch.Tensor, latent_image: torch.Tensor,
                  denoise_mask: Optional[torch.Tensor], seed: Optional[int],
                  batch_index: Optional[Sequence[int]]):
         self.guider = guider
-        self.sampler = sampler
+        self.drive = drive
+        self.inpaint_options = inpaint_options
         self.noise = noise
         self.latent_image = latent_image
         self.denoise_mask = denoise_mask
         self.seed = 0 if seed is None else seed
         self.batch_index = batch_index
-        self.live: dict[int, _LiveMember] = {}
+        self.sessions: dict[int, MemberSession] = {}
 
     def step_seed(self, *keys: int) -> int:
         return derive_seed(self.seed, *keys)
 
+    def window_step_seed(self, index: int, k: int) -> int:
+        """Shared noise: every member draws the same stochastic noise at step k, so that
+        averaging their steps keeps its level; independent: each member its own."""
+        if self.guider.schedule.noise_mode == "shared":
+            return self.step_seed(STEP_STREAM, k)
+        return self.step_seed(STEP_STREAM, index, k)
+
     def segment(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, first: int,
-                stop: int, extra_args: dict, callback: Optional[Callback], disable: bool,
+                stop: int, extra_args: dict, callback: Optional[Callback],
                 seed: int) -> torch.Tensor:
         """The user's sampler from step ``first`` to step ``stop`` in one call."""
         if first == stop:
             return x
-        return self.sampler.sampler_function(
-            model_k, x, sigmas[first:stop + 1], extra_args={**extra_args, "seed": seed},
-            callback=_offset_callback(callback, first), disable=disable,
-            **self.sampler.extra_options)
+        return self.drive.run(model_k, x, sigmas[first:stop + 1], extra_args,
+                              _offset_callback(callback, first), seed)
 
     def trajectory(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor,
                    extra_args: dict, callback: Optional[Callback] = None,
                    disable: bool = False) -> torch.Tensor:
         """Called by KSAMPLER.sample with the target's noise-scaled start latent."""
-        window = self.guider.window(sigmas)
         n_steps = len(sigmas) - 1
-        seed = extra_args.get("seed", self.seed)
-        x = self.segment(model_k, x, sigmas, 0, window.start, extra_args, callback, disable,
-                         seed)
-        if not window:
-            return x
-        target = self.guider.target_index
-        self.live[target] = _LiveMember(self.guider, model_k, x, extra_args)
-        others = [i for i in range(len(self.guider.members)) if i != target]
-        # Members joining after step 0 start from the target's latent: no noise of their own.
-        x = self.with_members_live(others, sigmas, own_noise=window.start == 0,
-                                   body=lambda: self.aggregate(sigmas, window, callback))
-        self.live[target].activate()
-        # A ControlNet wired into several members is one object: the members' cleanup just
-        # reset it, so it is prepared again for the target.
-        for conds in self.guider.conds.values():
-            comfy.samplers.pre_run_control(self.guider.inner_model, conds)
-        return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, callback,
-                            disable, self.step_seed(TAIL_STREAM))
+        window = self.guider.window(sigmas)
+        if window:
+            self.drive.probe(model_k, x, sigmas, extra_args)
+        # One console progress bar for the whole run: every sampler call below is silent.
+        with tqdm(total=n_steps, disable=disable) as bar:
+            def on_step(info: dict) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(info)
 
-    def with_members_live(self, indices: Sequence[int], sigmas: torch.Tensor, own_noise: bool,
-                          body: Callable[[], torch.Tensor]) -> torch.Tensor:
+            seed = extra_args.get("seed", self.seed)
+            x = self.segment(model_k, x, sigmas, 0, window.start, extra_args, on_step, seed)
+            if not window:
+                return x
+            target = self.guider.target_index
+            self.sessions[target] = MemberSession(self.guider, model_k, x, extra_args)
+            others = [i for i in range(len(self.guider.members)) if i != target]
+            # Members joining after step 0 start from the target's latent: no noise of their own.
+            x = self.with_sessions(others, sigmas, own_noise=window.start == 0,
+                                   body=lambda: self.aggregate(sigmas, window, on_step))
+            self.sessions[target].activate()
+            # A ControlNet wired into several members is one object: the members' cleanup
+            # just reset it, so it is prepared again for the target.
+            for conds in self.guider.conds.values():
+                comfy.samplers.pre_run_control(self.guider.inner_model, conds)
+            return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, on_step,
+                                self.step_seed(TAIL_STREAM))
+
+    def with_sessions(self, indices: Sequence[int], sigmas: torch.Tensor, own_noise: bool,
+                      body: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``body`` inside a CFGGuider.sample call of every member in ``indices``."""
         if not indices:
             return body()
         index, rest = indices[0], indices[1:]
         member = self.guider.members[index]
-        member_guider = comfy.samplers.CFGGuider(member.model)
+        # A clone of its own: the member's guider registers (and restores) hook patches on
+        # its patcher, which must never be the target's, even for the very same MODEL.
+        member_guider = comfy.samplers.CFGGuider(member.model.clone())
         member_guider.set_conds(member.positive, member.negative)
         member_guider.set_cfg(member.cfg)
         result: list[torch.Tensor] = []
 
         def enter(model_k: Any, x: torch.Tensor, sigmas_: torch.Tensor, extra_args: dict,
                   callback: Any = None, disable: bool = False) -> torch.Tensor:
-            self.live[index] = _LiveMember(member_guider, model_k, x, extra_args)
-            result.append(self.with_members_live(rest, sigmas, own_noise, body))
+            self.sessions[index] = MemberSession(member_guider, model_k, x, extra_args)
+            result.append(self.with_sessions(rest, sigmas, own_noise, body))
             return x
 
         logger.debug("preparing %s", member_label(index, member.name))
         noise = self.member_noise(index) if own_noise else self.noise
         member_guider.sample(noise, self.latent_image,
-                             comfy.samplers.KSAMPLER(enter, inpaint_options=self.sampler.inpaint_options),
+                             comfy.samplers.KSAMPLER(enter, inpaint_options=self.inpaint_options),
                              sigmas, denoise_mask=self.denoise_mask, disable_pbar=True,
                              seed=self.step_seed(NOISE_STREAM, index))
         return result[0]
@@ -160,29 +248,25 @@ class _Run:
         return noise.to(self.noise.device)
 
     def step_function(self, index: int, sigmas: torch.Tensor,
-                      callback: Optional[Callback]) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        live = self.live[index]
+                      callback: Callback) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        session = self.sessions[index]
         is_target = index == self.guider.target_index
-        sampler_function = self.sampler.sampler_function
-        extra_options = self.sampler.extra_options
+        drive = self.drive
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            live.activate()
-            return sampler_function(
-                live.model_k, x, sigmas[k:k + 2],
-                extra_args={**live.extra_args, "seed": self.step_seed(STEP_STREAM, index, k)},
-                callback=_offset_callback(callback, k) if is_target else None, disable=True,
-                **extra_options)
+            session.activate()
+            return drive.run(session.model_k, x, sigmas[k:k + 2], session.extra_args,
+                             _offset_callback(callback, k) if is_target else None,
+                             self.window_step_seed(index, k))
         return step
 
-    def aggregate(self, sigmas: torch.Tensor, window: range,
-                  callback: Optional[Callback]) -> torch.Tensor:
+    def aggregate(self, sigmas: torch.Tensor, window: range, callback: Callback) -> torch.Tensor:
         """The window: every member steps, amdm_core merges; returns the target's latent."""
         members = self.guider.members
         target = self.guider.target_index
-        x_target = self.live[target].x_start
-        states = [x_target if (i == target or window.start > 0) else self.live[i].x_start
+        x_target = self.sessions[target].x_start
+        states = [x_target if (i == target or window.start > 0) else self.sessions[i].x_start
                   for i in range(len(members))]
         step_fns = [self.step_function(i, sigmas, callback) for i in range(len(members))]
         states = run_window(states, step_fns, self.guider.plan(window).to(x_target.device))
@@ -192,12 +276,11 @@ class _Run:
 class AMDMGuider(comfy.samplers.CFGGuider):
     """A GUIDER that aggregates the early steps of several members into the target."""
 
-    def __init__(self, members: Sequence[Member], schedule: Schedule):
+    def __init__(self, members: Sequence[Member], schedule: Schedule,
+                 node: str = "AMDMGuider"):
         check_members(members, schedule)
-        if schedule.aggregation == "paper" and len(members) > 2:
-            logger.warning("aggregation 'paper' with %d members: its coefficients sum to more "
-                           "than one, so the merged latent grows whenever the members agree; "
-                           "'linear' keeps it on scale", len(members))
+        self.node = node
+        _warn_on_noise_level(schedule, len(members))
         self.members = tuple(members)
         self.schedule = schedule
         self.target_index = schedule.target_member - 1
@@ -207,15 +290,20 @@ class AMDMGuider(comfy.samplers.CFGGuider):
         self.set_cfg(target.cfg)
 
     def window(self, sigmas: torch.Tensor) -> range:
-        """Aggregated steps for these sigmas; empty for a single member (plain sampling)."""
+        """Aggregated steps for these sigmas; empty for a single member (plain sampling).
+        Logs a warning when a stack of several members gets an empty window."""
         n_steps = max(len(sigmas) - 1, 0)
         if len(self.members) < 2:
             return range(n_steps, n_steps)
         model_sampling = self.model_patcher.get_model_object("model_sampling")
-        return window_steps(sigmas.tolist(),
-                            model_sampling.percent_to_sigma(self.schedule.start_percent),
-                            model_sampling.percent_to_sigma(self.schedule.end_percent),
-                            self.schedule.start_step, self.schedule.end_step)
+        sigma_list = sigmas.tolist()
+        window = window_for(sigma_list, model_sampling.percent_to_sigma, self.schedule)
+        if not window and n_steps > 0:
+            logger.warning(_empty_window_reason(self.schedule, sigma_list,
+                                                model_sampling.percent_to_sigma,
+                                                member_label(self.target_index,
+                                                             self.members[self.target_index].name)))
+        return window
 
     def plan(self, window: range) -> WindowPlan:
         schedule = self.schedule
@@ -236,7 +324,45 @@ class AMDMGuider(comfy.samplers.CFGGuider):
                 type(sampler).sample is not comfy.samplers.KSAMPLER.sample:
             raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
                             f"step at a time; {type(sampler).__name__} cannot be driven so")
-        run = _Run(self, sampler, noise, latent_image, denoise_mask, seed, batch_index)
+        try:
+            drive = SamplerDrive(sampler) if len(self.members) > 1 else None
+        except ValueError as error:
+            raise ValueError(f"{self.node}: {error}") from None
+        if drive is None:
+            return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
+                                  disable_pbar, seed)
+        run = _Run(self, drive, sampler.inpaint_options, noise, latent_image, denoise_mask,
+                   seed, batch_index)
         trajectory = comfy.samplers.KSAMPLER(run.trajectory, inpaint_options=sampler.inpaint_options)
         return super().sample(noise, latent_image, trajectory, sigmas, denoise_mask, callback,
                               disable_pbar, seed)
+
+
+def _warn_on_noise_level(schedule: Schedule, n_members: int) -> None:
+    """Aggregation and noise mode must agree, or the merged latent loses or gains noise."""
+    if schedule.aggregation == "paper" and n_members > 2:
+        logger.warning("aggregation 'paper' with %d members: its coefficients sum to more than "
+                       "one, so the merged latent grows whenever the members agree; 'linear' "
+                       "keeps it on scale", n_members)
+    if schedule.aggregation == "linear" and schedule.noise_mode == "independent":
+        logger.warning("aggregation 'linear' with noise_mode 'independent' averages independent "
+                       "noises: the merged latent keeps only about 1/sqrt(N) of the noise the "
+                       "next step expects. Use noise_mode 'shared' (the default), or 'slerp'")
+    if schedule.aggregation == "paper" and schedule.noise_mode == "shared":
+        logger.warning("aggregation 'paper' with noise_mode 'shared': the paper's weights keep "
+                       "the norm of independent noises and inflate a shared one; use "
+                       "noise_mode 'independent' with 'paper'")
+
+
+def _empty_window_reason(schedule: Schedule, sigmas: list[float],
+                         percent_to_sigma: Callable[[float], float], target: str) -> str:
+    first = progress_of(sigmas[0], percent_to_sigma)
+    last = progress_of(sigmas[-2], percent_to_sigma)
+    steps = f"its {len(sigmas) - 1} steps span progress {first:.3f} to {last:.3f}"
+    if first > 0.001:
+        steps += " (a run with denoise < 1 starts late: the window is in absolute progress)"
+    limits = "" if (schedule.start_step, schedule.end_step) == (0, 0) else \
+        f", step limits [{schedule.start_step}, {schedule.end_step or 'end'})"
+    return (f"AMDM: the window [{schedule.start_percent}, {schedule.end_percent}){limits} holds "
+            f"none of this run's steps ({steps}); {target} samples alone. Move the window "
+            f"into that range to aggregate")

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+import torch
 
 import comfy.model_sampling
 
 from ..amdm_core import Schedule, validate_weights
 
-SIGMA_RANGE_RTOL = 1e-3
+SIGMA_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,33 @@ def _sampling_family(model_sampling: Any) -> str:
     return "sigma space (EPS / V_PREDICTION / EDM)"
 
 
+def _noise_schedule(model_sampling: Any) -> Optional[torch.Tensor]:
+    """What must match for members to read one sigma alike. Flow matching: nothing beyond
+    the family (sigma is the noise fraction whatever the shift, and the run follows the
+    target's sigmas). Discrete models: their whole sigma table (zsnr changes it). Others:
+    their sigma range."""
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return None
+    table = getattr(model_sampling, "sigmas", None)
+    if isinstance(table, torch.Tensor):
+        return table.detach().float().cpu()
+    return torch.tensor([float(model_sampling.sigma_min), float(model_sampling.sigma_max)])
+
+
+# What each ecosystem property is, and what to change when members differ in it.
+_ECOSYSTEM_FIXES = {
+    "latent format": "AMDM merges latents, so every member must produce the same kind: choose "
+                     "members of one model family (all SD1.x, all SDXL, all Flux, ...)",
+    "model_sampling family": "flow-matching models (SD3, Flux, Wan) and sigma-space models "
+                             "(SD1.x, SDXL) read noise levels differently: choose members of "
+                             "one family",
+    "noise schedule": "their noise schedules differ (zero-terminal-SNR against a standard "
+                      "schedule, or an EDM range): apply the same ModelSamplingDiscrete (or "
+                      "ModelSamplingContinuousEDM) node, with the same settings, to every "
+                      "member",
+}
+
+
 def _ecosystem(model: Any) -> dict[str, Any]:
     latent_format = model.get_model_object("latent_format")
     model_sampling = model.get_model_object("model_sampling")
@@ -51,14 +80,22 @@ def _ecosystem(model: Any) -> dict[str, Any]:
                           latent_format.latent_dimensions, latent_format.scale_factor,
                           getattr(latent_format, "shift_factor", None)),
         "model_sampling family": _sampling_family(model_sampling),
-        "sigma range": (float(model_sampling.sigma_min), float(model_sampling.sigma_max)),
+        "noise schedule": _noise_schedule(model_sampling),
     }
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
-    if key == "sigma range":
-        return all(math.isclose(x, y, rel_tol=SIGMA_RANGE_RTOL) for x, y in zip(a, b))
+    if key == "noise schedule":
+        if a is None or b is None:
+            return a is b
+        return a.shape == b.shape and torch.allclose(a, b, rtol=SIGMA_RTOL, atol=0.0)
     return a == b
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "noise schedule" and value is not None:
+        return f"sigmas {float(value.min()):.4g} to {float(value.max()):.4g}"
+    return str(value)
 
 
 def check_members(members: Sequence[Member], schedule: Schedule) -> None:
@@ -82,5 +119,5 @@ def check_members(members: Sequence[Member], schedule: Schedule) -> None:
         for key, value in _ecosystem(member.model).items():
             if not _same(key, value, reference[key]):
                 raise ValueError(f"{label} is not of the same ecosystem as {labels[0]}: "
-                                 f"{key} {value} vs {reference[key]}. AMDM members must "
-                                 f"share latent format, model_sampling family and sigma range")
+                                 f"{key} {_describe(key, value)} against "
+                                 f"{_describe(key, reference[key])}. {_ECOSYSTEM_FIXES[key]}")
