@@ -3,14 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import comfy.model_management
-import comfy.sample
-import comfy.samplers
-import comfy.utils
-import latent_preview
-
 from ..amdm_core import AGGREGATION_MODES, DEVIATION_MODES, NOISE_MODES, WEIGHT_CURVES, Schedule
 from ..amdm_core.schedule import MAX_STEP
+from . import compat
 from .guider import AMDMGuider
 from .members import Member, member_label
 
@@ -205,13 +200,13 @@ class AMDMSamplerNode:
                                             "the other members' noise derives from it."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
                                   "tooltip": "Number of sampler steps."}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,
+                "sampler_name": (compat.SAMPLER_NAMES,
                                  {"tooltip": "The sampler. Inside the window it takes one step "
                                              "at a time: multistep samplers (dpmpp_2m, deis, "
                                              "lms, ...) restart their history at every "
                                              "aggregated step, uni_pc steps as euler there, "
                                              "dpm_fast and dpm_adaptive are refused."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,
+                "scheduler": (compat.SCHEDULER_NAMES,
                               {"tooltip": "The scheduler, computed on the target's model."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise (its noise_mask "
                                                        "is honoured)."}),
@@ -225,18 +220,16 @@ class AMDMSamplerNode:
                latent_image: dict, denoise: float, schedule: Optional[Schedule] = None) -> tuple:
         guider = _guider("AMDMSampler", stack, schedule)
         model = guider.model_patcher
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device,
-                                         sampler=sampler_name, scheduler=scheduler,
-                                         denoise=denoise, model_options=model.model_options).sigmas
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+        latent = compat.fix_empty_latent_channels(model, latent_image)
+        noise = compat.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = compat.scheduler_sigmas(model, steps, sampler_name, scheduler, denoise)
+        samples = guider.sample(noise, latent, compat.sampler_object(sampler_name), sigmas,
                                 denoise_mask=latent_image.get("noise_mask"),
-                                callback=latent_preview.prepare_callback(model, steps),
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+                                callback=compat.preview_callback(model, steps),
+                                disable_pbar=not compat.progress_bar_enabled(), seed=seed,
                                 batch_index=latent_image.get("batch_index"))
         out = latent_image.copy()
-        out["samples"] = samples.to(comfy.model_management.intermediate_device())
+        out["samples"] = samples.to(compat.intermediate_device())
         return (out,)
 
 

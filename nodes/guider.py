@@ -14,21 +14,18 @@ a MemberSession.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-import comfy.model_management
-import comfy.sample
-import comfy.sampler_helpers
-import comfy.samplers
-
-from ..amdm_core import (Schedule, WindowPlan, derive_seed, progress_of, run_window, step_weights,
-                         window_for)
-from . import samplers
+from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, derive_seed, one_after_another,
+                         progress_of, run_window, step_weights, window_for)
+from . import compat, samplers
 from .members import Member, check_members, member_label
+from .sharing import SharedEvaluation, resident_models
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +38,14 @@ Callback = Callable[[dict], None]
 class SamplerDrive:
     """The user's KSAMPLER as AMDM drives it: whole segments and single window steps."""
 
-    def __init__(self, sampler: comfy.samplers.KSAMPLER):
-        self.function = sampler.sampler_function
-        self.extra_options = sampler.extra_options
+    def __init__(self, sampler: Any):
+        self.function, self.options, _ = compat.sampler_parts(sampler)
         self.name = samplers.sampler_name_of(self.function)
         self.behaviour = samplers.SAMPLERS.get(self.name) if self.name else None
         if self.behaviour is not None and self.behaviour.drive == samplers.REFUSED:
             raise ValueError(samplers.refusal(self.name))
         single = self.behaviour.single_step_sampler if self.behaviour else None
-        self.single_step_function = (comfy.samplers.ksampler(single).sampler_function
-                                     if single else self.function)
+        self.single_step_function = compat.sampler_function(single) if single else self.function
         self.probed = self.behaviour is not None
 
     def probe(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor,
@@ -65,7 +60,7 @@ class SamplerDrive:
         for scale in (0.0, 0.5):
             stand_in = _StandInModel(model_k, scale)
             results.append(self.function(stand_in, x, sigmas[:2], extra_args={**extra_args},
-                                         callback=None, disable=True, **self.extra_options))
+                                         callback=None, disable=True, **self.options))
             evaluations.append(stand_in.calls)
         if min(evaluations) == 0 or torch.equal(results[0], results[1]):
             raise ValueError(f"sampler function '{name}' is not in AMDM's sampler table and a "
@@ -82,7 +77,7 @@ class SamplerDrive:
         """The sampler over ``sigmas`` (any number of steps) in one call, no console bar."""
         function = self.single_step_function if len(sigmas) < 3 else self.function
         return function(model_k, x, sigmas, extra_args={**extra_args, "seed": seed},
-                        callback=callback, disable=True, **self.extra_options)
+                        callback=callback, disable=True, **self.options)
 
 
 class _StandInModel:
@@ -110,46 +105,42 @@ def _offset_callback(callback: Optional[Callback], offset: int) -> Optional[Call
 
 
 class MemberSession:
-    """A member whose CFGGuider.sample is in progress: conds processed, model loaded."""
+    """A member whose CFGGuider.sample is in progress: conds processed, model loaded.
 
-    def __init__(self, guider: comfy.samplers.CFGGuider, model_k: Any, x_start: torch.Tensor,
-                 extra_args: dict):
+    The member steps on its own model's device: a latent handed to it is moved there and
+    its proposal goes back to the target's device, where aggregation runs.
+    """
+
+    def __init__(self, guider: Any, model_k: Any, x_start: torch.Tensor, extra_args: dict,
+                 sigmas: torch.Tensor):
         self.guider = guider
         self.model_k = model_k
         self.x_start = x_start
         self.extra_args = extra_args
+        self.device = x_start.device
+        self.sigmas = sigmas.to(self.device)
         # What ComfyUI reserved when it first loaded this member, for reloads in the window.
         self.memory_required, self.minimum_memory_required = \
-            comfy.sampler_helpers.estimate_memory(guider.model_patcher, x_start.shape,
-                                                  guider.original_conds)
+            compat.estimate_memory(guider, x_start.shape)
 
     def activate(self) -> None:
-        """Make this member's weights the live ones before evaluating it.
-
-        Members that are clones of one checkpoint (a LoRA on one of them, say) share the
-        torch module: loading one patches its weights in and detaches the other, and the
-        model's current_patcher decides whose hooks apply. Members on distinct models
-        stay loaded, so for them this is two identity checks.
-        """
-        patcher = self.guider.model_patcher
-        if patcher not in comfy.model_management.loaded_models():
-            comfy.model_management.load_models_gpu(
-                [patcher, *self.guider.loaded_models], memory_required=self.memory_required,
-                minimum_memory_required=self.minimum_memory_required)
-        if patcher.model.current_patcher is not patcher:
-            patcher.pre_run()
+        """Make this member's weights the live ones before evaluating it (members that are
+        clones of one checkpoint share its torch module; a reload reserves what ComfyUI's
+        own sampling reserves). For members on distinct models, two identity checks."""
+        compat.ensure_loaded(self.guider, self.memory_required, self.minimum_memory_required)
 
 
 class _Run:
     """State of one AMDMGuider.sample call."""
 
     def __init__(self, guider: "AMDMGuider", drive: SamplerDrive, inpaint_options: dict,
-                 noise: torch.Tensor, latent_image: torch.Tensor,
+                 models: Sequence[Any], noise: torch.Tensor, latent_image: torch.Tensor,
                  denoise_mask: Optional[torch.Tensor], seed: Optional[int],
                  batch_index: Optional[Sequence[int]]):
         self.guider = guider
+        self.models = models
         self.drive = drive
-        self.inpaint_options = inpaint_options
+        self.inpainting = inpaint_options
         self.noise = noise
         self.latent_image = latent_image
         self.denoise_mask = denoise_mask
@@ -196,16 +187,15 @@ class _Run:
             if not window:
                 return x
             target = self.guider.target_index
-            self.sessions[target] = MemberSession(self.guider, model_k, x, extra_args)
+            self.sessions[target] = MemberSession(self.guider, model_k, x, extra_args, sigmas)
             others = [i for i in range(len(self.guider.members)) if i != target]
             # Members joining after step 0 start from the target's latent: no noise of their own.
             x = self.with_sessions(others, sigmas, own_noise=window.start == 0,
-                                   body=lambda: self.aggregate(sigmas, window, on_step))
+                                   body=lambda: self.aggregate(window, on_step))
             self.sessions[target].activate()
             # A ControlNet wired into several members is one object: the members' cleanup
             # just reset it, so it is prepared again for the target.
-            for conds in self.guider.conds.values():
-                comfy.samplers.pre_run_control(self.guider.inner_model, conds)
+            compat.prepare_controls_again(self.guider)
             return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, on_step,
                                 self.step_seed(TAIL_STREAM))
 
@@ -218,21 +208,21 @@ class _Run:
         member = self.guider.members[index]
         # A clone of its own: the member's guider registers (and restores) hook patches on
         # its patcher, which must never be the target's, even for the very same MODEL.
-        member_guider = comfy.samplers.CFGGuider(member.model.clone())
+        member_guider = compat.CFGGuider(compat.clone_patcher(self.models[index]))
         member_guider.set_conds(member.positive, member.negative)
         member_guider.set_cfg(member.cfg)
         result: list[torch.Tensor] = []
 
         def enter(model_k: Any, x: torch.Tensor, sigmas_: torch.Tensor, extra_args: dict,
                   callback: Any = None, disable: bool = False) -> torch.Tensor:
-            self.sessions[index] = MemberSession(member_guider, model_k, x, extra_args)
+            self.sessions[index] = MemberSession(member_guider, model_k, x, extra_args, sigmas_)
             result.append(self.with_sessions(rest, sigmas, own_noise, body))
             return x
 
         logger.debug("preparing %s", member_label(index, member.name))
         noise = self.member_noise(index) if own_noise else self.noise
         member_guider.sample(noise, self.latent_image,
-                             comfy.samplers.KSAMPLER(enter, inpaint_options=self.inpaint_options),
+                             compat.make_ksampler(enter, self.inpainting),
                              sigmas, denoise_mask=self.denoise_mask, disable_pbar=True,
                              seed=self.step_seed(NOISE_STREAM, index))
         return result[0]
@@ -243,37 +233,94 @@ class _Run:
         a latent's batch_index selects the same noise item for every member."""
         if self.guider.schedule.noise_mode == "shared" or not torch.any(self.noise):
             return self.noise
-        noise = comfy.sample.prepare_noise(self.noise, self.step_seed(NOISE_STREAM, index),
-                                           self.batch_index)
+        noise = compat.prepare_noise(self.noise, self.step_seed(NOISE_STREAM, index),
+                                     self.batch_index)
         return noise.to(self.noise.device)
 
-    def step_function(self, index: int, sigmas: torch.Tensor,
-                      callback: Callback) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def step_function(self, index: int, shared: SharedEvaluation, callback: Callback) -> StepFn:
+        """Member ``index``'s proposal for step k, from a latent on the target's device."""
         session = self.sessions[index]
+        home = self.sessions[self.guider.target_index].device
         is_target = index == self.guider.target_index
         drive = self.drive
+        extra_args = shared.window_args(index, session.extra_args)
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            session.activate()
-            return drive.run(session.model_k, x, sigmas[k:k + 2], session.extra_args,
-                             _offset_callback(callback, k) if is_target else None,
-                             self.window_step_seed(index, k))
+            proposal = drive.run(session.model_k, x.to(session.device),
+                                 session.sigmas[k:k + 2], extra_args,
+                                 _offset_callback(callback, k) if is_target else None,
+                                 self.window_step_seed(index, k))
+            return proposal.to(home)
         return step
 
-    def aggregate(self, sigmas: torch.Tensor, window: range, callback: Callback) -> torch.Tensor:
+    @contextlib.contextmanager
+    def stepping(self, shared: SharedEvaluation) -> Iterator[StepMap]:
+        """How the members' steps of one window step run: one after another, or, when they
+        sit on several GPUs and ComfyUI has its multi-GPU thread pool, one worker per
+        device at the same time. Loading and patch switching stay on this thread, before
+        the steps start: ComfyUI's model management is not thread-safe."""
+        sessions = [self.sessions[i] for i in range(len(self.guider.members))]
+        groups: dict[torch.device, list[int]] = {}
+        for i, session in enumerate(sessions):
+            groups.setdefault(session.device, []).append(i)
+        pool = (compat.device_pool(groups)
+                if len(groups) > 1 and all(d.type == "cuda" for d in groups) else None)
+
+        def one_by_one(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
+                       k: int) -> list[torch.Tensor]:
+            shared.begin_step(states)
+            proposals = []
+            for session, step, x in zip(sessions, step_fns, states):
+                compat.throw_if_interrupted()
+                session.activate()
+                proposals.append(step(x, k))
+            return proposals
+
+        def per_device(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
+                       k: int) -> list[torch.Tensor]:
+            shared.begin_step(states)
+            compat.throw_if_interrupted()
+            for session in sessions:
+                session.activate()
+            for device, indices in groups.items():
+                pool.submit(device, one_after_another, [step_fns[i] for i in indices],
+                            [states[i] for i in indices], k)
+            proposals: list[torch.Tensor] = [states[0]] * len(sessions)
+            for device, indices in groups.items():
+                results, error = pool.get_result(device)
+                if error is not None:
+                    raise error
+                for i, proposal in zip(indices, results):
+                    proposals[i] = proposal
+            return proposals
+
+        if pool is None:
+            yield one_by_one
+            return
+        try:
+            yield per_device
+        finally:
+            pool.shutdown()
+
+    def aggregate(self, window: range, callback: Callback) -> torch.Tensor:
         """The window: every member steps, amdm_core merges; returns the target's latent."""
         members = self.guider.members
         target = self.guider.target_index
         x_target = self.sessions[target].x_start
-        states = [x_target if (i == target or window.start > 0) else self.sessions[i].x_start
+        # With shared noise every member's start is the target's: one tensor for all.
+        from_target = window.start > 0 or self.guider.schedule.noise_mode == "shared"
+        states = [x_target if (i == target or from_target)
+                  else self.sessions[i].x_start.to(x_target.device)
                   for i in range(len(members))]
-        step_fns = [self.step_function(i, sigmas, callback) for i in range(len(members))]
-        states = run_window(states, step_fns, self.guider.plan(window).to(x_target.device))
-        return states[target]
+        sessions = [self.sessions[i] for i in range(len(members))]
+        shared = SharedEvaluation(sessions, self.models, members, self.denoise_mask is not None)
+        step_fns = [self.step_function(i, shared, callback) for i in range(len(members))]
+        with self.stepping(shared) as map_steps:
+            return run_window(states, step_fns, self.guider.plan(window).to(x_target.device),
+                              map_steps)[target]
 
 
-class AMDMGuider(comfy.samplers.CFGGuider):
+class AMDMGuider(compat.CFGGuider):
     """A GUIDER that aggregates the early steps of several members into the target."""
 
     def __init__(self, members: Sequence[Member], schedule: Schedule,
@@ -295,7 +342,7 @@ class AMDMGuider(comfy.samplers.CFGGuider):
         n_steps = max(len(sigmas) - 1, 0)
         if len(self.members) < 2:
             return range(n_steps, n_steps)
-        model_sampling = self.model_patcher.get_model_object("model_sampling")
+        model_sampling = compat.model_sampling(self.model_patcher)
         sigma_list = sigmas.tolist()
         window = window_for(sigma_list, model_sampling.percent_to_sigma, self.schedule)
         if not window and n_steps > 0:
@@ -320,8 +367,10 @@ class AMDMGuider(comfy.samplers.CFGGuider):
                batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
         """CFGGuider.sample; ``batch_index`` (a LATENT's) lets the other members' noise
         follow the batch items as the target's does."""
-        if not isinstance(sampler, comfy.samplers.KSAMPLER) or \
-                type(sampler).sample is not comfy.samplers.KSAMPLER.sample:
+        if compat.is_nested(latent_image) and len(self.members) > 1:
+            raise ValueError(f"{self.node}: nested latents (several latents packed into one, "
+                             f"as audio-video models use) cannot be aggregated")
+        if not compat.is_plain_ksampler(sampler):
             raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
                             f"step at a time; {type(sampler).__name__} cannot be driven so")
         try:
@@ -331,9 +380,11 @@ class AMDMGuider(comfy.samplers.CFGGuider):
         if drive is None:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                   disable_pbar, seed)
-        run = _Run(self, drive, sampler.inpaint_options, noise, latent_image, denoise_mask,
+        _, _, inpaint_options = compat.sampler_parts(sampler)
+        models = resident_models(self.members, self.target_index)
+        run = _Run(self, drive, inpaint_options, models, noise, latent_image, denoise_mask,
                    seed, batch_index)
-        trajectory = comfy.samplers.KSAMPLER(run.trajectory, inpaint_options=sampler.inpaint_options)
+        trajectory = compat.make_ksampler(run.trajectory, inpaint_options)
         return super().sample(noise, latent_image, trajectory, sigmas, denoise_mask, callback,
                               disable_pbar, seed)
 

@@ -7,9 +7,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-import comfy.model_sampling
-
 from ..amdm_core import Schedule, validate_weights
+from . import compat
 
 SIGMA_RTOL = 1e-3
 
@@ -40,7 +39,7 @@ def member_label(index: int, name: str) -> str:
 
 
 def _sampling_family(model_sampling: Any) -> str:
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
+    if compat.is_flow_matching(model_sampling):
         return "flow matching (CONST)"
     return "sigma space (EPS / V_PREDICTION / EDM)"
 
@@ -50,7 +49,7 @@ def _noise_schedule(model_sampling: Any) -> Optional[torch.Tensor]:
     the family (sigma is the noise fraction whatever the shift, and the run follows the
     target's sigmas). Discrete models: their whole sigma table (zsnr changes it). Others:
     their sigma range."""
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
+    if compat.is_flow_matching(model_sampling):
         return None
     table = getattr(model_sampling, "sigmas", None)
     if isinstance(table, torch.Tensor):
@@ -73,8 +72,8 @@ _ECOSYSTEM_FIXES = {
 
 
 def _ecosystem(model: Any) -> dict[str, Any]:
-    latent_format = model.get_model_object("latent_format")
-    model_sampling = model.get_model_object("model_sampling")
+    latent_format = compat.latent_format(model)
+    model_sampling = compat.model_sampling(model)
     return {
         "latent format": (type(latent_format).__name__, latent_format.latent_channels,
                           latent_format.latent_dimensions, latent_format.scale_factor,
@@ -121,3 +120,20 @@ def check_members(members: Sequence[Member], schedule: Schedule) -> None:
                 raise ValueError(f"{label} is not of the same ecosystem as {labels[0]}: "
                                  f"{key} {_describe(key, value)} against "
                                  f"{_describe(key, reference[key])}. {_ECOSYSTEM_FIXES[key]}")
+    _check_devices(members, labels)
+
+
+def _check_devices(members: Sequence[Member], labels: Sequence[str]) -> None:
+    """Members may sit on different devices, each stepping on its own; but clones of one
+    checkpoint share one set of weights, which cannot live on two devices at once."""
+    for i, first in enumerate(members):
+        for j in range(i + 1, len(members)):
+            second = members[j]
+            if not compat.shares_weights_storage(first.model, second.model):
+                continue
+            devices = compat.load_device(first.model), compat.load_device(second.model)
+            if devices[0] != devices[1]:
+                raise ValueError(f"{labels[i]} and {labels[j]} are clones of one checkpoint "
+                                 f"(one set of weights) but load on {devices[0]} and "
+                                 f"{devices[1]}: load the checkpoint once per device, or "
+                                 f"put both on one device")

@@ -220,6 +220,16 @@ def test_run_window_steps_each_member_once_per_step_and_merges():
     assert sorted(calls) == [(1.0, 2), (1.0, 3), (1.0, 4), (3.0, 2), (3.0, 3), (3.0, 4)]
     for x in out:
         torch.testing.assert_close(x, torch.full((1, 4, 2, 2), 6.0))
+    # without deviation the members continue from one tensor, the merged latent itself
+    assert out[0] is out[1]
+
+
+def test_members_with_deviation_continue_from_copies_of_their_own():
+    states = [torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)]
+    plan = WindowPlan(range(1), torch.ones(1, 2), torch.full((1, 2), 0.5), "linear", "relative")
+    out = run_window(states, [lambda x, k: x + 1.0, lambda x, k: x + 3.0], plan)
+    torch.testing.assert_close(out[0], torch.full((1, 4, 2, 2), 1.5))
+    torch.testing.assert_close(out[1], torch.full((1, 4, 2, 2), 2.5))
 
 
 def test_derived_seeds_are_distinct_and_64_bit():
