@@ -35,19 +35,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import comfy.model_base
-import comfy.model_patcher
-import comfy.samplers
-import comfy.supported_models
-import nodes as comfy_nodes
 import torch
 from aiohttp import web
 
-from ..amdm_core import Schedule, curve_factors, member_coefficients, step_weights, validate_weights
-from ..amdm_core.schedule import window_for
+from ..amdm_core import (Schedule, curve_factors, member_coefficients, step_weights, validate_weights,
+                         window_for)
+from . import compat
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +57,8 @@ class ChartError(ValueError):
     """The request describes something the route cannot evaluate; the message says what."""
 
 
-class _SamplingOnly(torch.nn.Module):
-    """A model with nothing but ``model_sampling`` and its config: all that ComfyUI's schedulers,
-    SIGMAS nodes and ModelSampling nodes read from a MODEL."""
-
-    def __init__(self, model_config: Any, model_type: comfy.model_base.ModelType) -> None:
-        super().__init__()
-        self.model_config = model_config
-        self.model_sampling = comfy.model_base.model_sampling(model_config, model_type)
-
-
-def discrete_model() -> comfy.model_patcher.ModelPatcher:
-    """A MODEL carrying the model_sampling of a discrete SD1.x / SDXL checkpoint (one sigma table)."""
-    config = comfy.supported_models.SD15(comfy.supported_models.SD15.unet_config)
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(_SamplingOnly(config, comfy.model_base.ModelType.EPS),
-                                            load_device=device, offload_device=device)
-
-
 def _node_class(class_type: str) -> type:
-    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
+    node_class = compat.node_class(class_type)
     if node_class is None:
         raise ChartError(f"unknown node type {class_type!r}")
     return node_class
@@ -106,8 +83,7 @@ async def _call_node(node_class: type, inputs: dict[str, Any]) -> tuple:
     return tuple(result)
 
 
-async def apply_model_sampling(model: comfy.model_patcher.ModelPatcher,
-                               chain: list[dict]) -> tuple[comfy.model_patcher.ModelPatcher, str]:
+async def apply_model_sampling(model: Any, chain: list[dict]) -> tuple[Any, str]:
     """The model after the ModelSampling nodes of ``chain``, and a short name of its family."""
     family = "SD1/SDXL sigmas"
     for spec in chain:
@@ -121,14 +97,14 @@ async def apply_model_sampling(model: comfy.model_patcher.ModelPatcher,
                   for name, kind in declared.items() if kind == "MODEL" or name in given}
         model = (await _call_node(node_class, inputs))[0]
         # Flow models: the shift that results (ModelSamplingFlux derives it from the image size).
-        shift = getattr(model.get_model_object("model_sampling"), "shift", None)
+        shift = getattr(compat.model_sampling(model), "shift", None)
         shown = f"shift {shift:.3g}" if shift is not None else ", ".join(
             f"{name} {value}" for name, value in inputs.items() if declared[name] != "MODEL")
         family = f"{class_type} {shown}".strip()
     return model, family
 
 
-async def evaluate_sigmas(graph: dict, output: list, model: comfy.model_patcher.ModelPatcher) -> torch.Tensor:
+async def evaluate_sigmas(graph: dict, output: list, model: Any) -> torch.Tensor:
     """Run the SIGMAS nodes of an API-format graph up to ``output`` ([node id, slot])."""
     results: dict[str, tuple] = {}
 
@@ -163,13 +139,10 @@ async def evaluate_sigmas(graph: dict, output: list, model: comfy.model_patcher.
     return (await outputs_of(str(source), 0))[slot]
 
 
-def sampler_sigmas(model: comfy.model_patcher.ModelPatcher, settings: dict) -> torch.Tensor:
+def sampler_sigmas(model: Any, settings: dict) -> torch.Tensor:
     """The sigmas AMDMSampler (like KSampler) computes for these widget values."""
-    return comfy.samplers.KSampler(model, steps=int(settings["steps"]), device="cpu",
-                                   sampler=str(settings["sampler_name"]),
-                                   scheduler=str(settings["scheduler"]),
-                                   denoise=float(settings["denoise"]),
-                                   model_options=model.model_options).sigmas
+    return compat.scheduler_sigmas(model, int(settings["steps"]), str(settings["sampler_name"]),
+                                   str(settings["scheduler"]), float(settings["denoise"]))
 
 
 def member_shares(window: range, weights: list[float], target: int, schedule: Schedule,
@@ -200,7 +173,8 @@ def _problem(schedule: Schedule, weights: list[float]) -> Optional[str]:
 
 async def chart(request: dict) -> dict:
     """The chart's data for one schedule node (see the module docstring)."""
-    model, family = await apply_model_sampling(discrete_model(), list(request.get("model_sampling") or []))
+    model, family = await apply_model_sampling(compat.discrete_sampling_model(),
+                                               list(request.get("model_sampling") or []))
     source = request.get("sigmas") or {}
     sigmas, note = None, None
     if "nodes" in source:
@@ -226,8 +200,7 @@ async def chart(request: dict) -> dict:
         answer["problem"] = str(error)
         return answer
     if answer["problem"] is None:
-        percent_to_sigma: Callable[[float], float] = model.get_model_object("model_sampling").percent_to_sigma
-        window = window_for(sigmas, percent_to_sigma, schedule)
+        window = window_for(sigmas.tolist(), compat.model_sampling(model).percent_to_sigma, schedule)
         answer["window"] = [window.start, window.stop]
         answer["factors"] = curve_factors(schedule.weight_curve, len(window)).tolist()
         if weights:
@@ -251,9 +224,6 @@ def register(server: Any) -> None:
     server.routes.post(ROUTE)(_post_chart)
 
 
-# ComfyUI's main.py creates its PromptServer before it imports custom nodes. Imported any other
-# way (a script, tests in one process) there is no server to register with, and importing
-# ComfyUI's `server` module there would start nothing useful.
-_server_module = sys.modules.get("server")
-if getattr(getattr(_server_module, "PromptServer", None), "instance", None) is not None:
-    register(_server_module.PromptServer.instance)
+_server = compat.running_prompt_server()
+if _server is not None:
+    register(_server)
