@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
