@@ -3,6 +3,7 @@ from . import compat
 from .definitions import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from .guider import AMDMGuider
 from .members import Member
+from . import routes  # noqa: F401  (registers the schedule chart's server route)
 
 compat.warn_if_unsupported(compat.running_comfyui_version())
 

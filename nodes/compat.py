@@ -13,18 +13,23 @@ import inspect
 import logging
 import math
 import re
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import psutil
 import torch
 
+import comfy.model_base
 import comfy.model_management
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
+import comfy.supported_models
 import comfy.utils
 import latent_preview
+import nodes as comfy_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +199,40 @@ def device_pool(devices: Iterable[torch.device]) -> Optional[Any]:
         return None
     pool_class = getattr(comfy.multigpu, "MultiGPUThreadPool", None)
     return pool_class(list(devices)) if pool_class is not None else None
+
+
+# --- the schedule chart's server route ------------------------------------------------------
+
+def running_prompt_server() -> Optional[Any]:
+    """The PromptServer of a running ComfyUI, to add routes to. main.py creates it before it
+    imports custom nodes; imported any other way (a script, tests in one process) the pack
+    finds none, and importing ComfyUI's `server` module there would start nothing."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
+def node_class(class_type: str) -> Optional[type]:
+    """The node class ComfyUI registers under ``class_type``; None if there is none."""
+    return comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
+
+
+class _SamplingOnly(torch.nn.Module):
+    """A torch module with nothing but ``model_sampling`` and its model config."""
+
+    def __init__(self, model_config: Any, model_type: Any) -> None:
+        super().__init__()
+        self.model_config = model_config
+        self.model_sampling = comfy.model_base.model_sampling(model_config, model_type)
+
+
+def discrete_sampling_model() -> Any:
+    """A MODEL that carries only the model_sampling of a discrete SD1.x / SDXL checkpoint
+    (one sigma table): all that schedulers, SIGMAS nodes and ModelSampling nodes read from a
+    MODEL, with no weights."""
+    config = comfy.supported_models.SD15(comfy.supported_models.SD15.unet_config)
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(_SamplingOnly(config, comfy.model_base.ModelType.EPS),
+                                            load_device=device, offload_device=device)
 
 
 # --- declared support -----------------------------------------------------------------------

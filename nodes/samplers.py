@@ -101,15 +101,28 @@ def refusal(name: str) -> str:
             f"time; use {SUGGESTED}")
 
 
-def markdown_table() -> str:
-    """The table as markdown, samplers that behave alike on one row, for the README and
-    the node help pages."""
+def _alike() -> dict[tuple[str, int, str], list[str]]:
+    """Sampler names grouped by (drive, evaluations, note)."""
     rows: dict[tuple[str, int, str], list[str]] = {}
     for name, item in SAMPLERS.items():
         rows.setdefault((item.drive, item.evaluations, item.note), []).append(name)
+    return rows
+
+
+def markdown_table() -> str:
+    """The table as markdown, samplers that behave alike on one row, for the README."""
     lines = ["| in the window | model evaluations per step | samplers | why |",
              "|---|---|---|---|"]
-    for (drive, evaluations, note), names in rows.items():
+    for (drive, evaluations, note), names in _alike().items():
         count = "-" if drive == REFUSED else str(evaluations)
         lines.append(f"| {drive} | {count} | {', '.join(names)} | {note} |")
+    return "\n".join(lines)
+
+
+def markdown_list() -> str:
+    """The same as a list, for the node help page: the side panel has no room for columns."""
+    lines = []
+    for (drive, evaluations, note), names in _alike().items():
+        count = "" if drive == REFUSED else f", {evaluations} model evaluation{'s' * (evaluations != 1)} per step"
+        lines.append(f"- **{drive}**{count}: {', '.join(names)}. {note[0].upper()}{note[1:]}.")
     return "\n".join(lines)

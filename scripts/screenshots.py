@@ -1,17 +1,22 @@
-"""Screenshots of the example workflows and of the schedule drawing, from the real frontend.
+"""Screenshots for the README and the template browser, from the real frontend.
 
-Starts a ComfyUI server with this pack and the test fixture models (the test harness's
-ComfyServer), opens it in headless Debian Chromium and writes:
+Starts a ComfyUI server with this pack, the test fixture models and the current ComfyUI
+frontend (the one `bash scripts/setup.sh --browser` installs for the browser tests), opens it
+in headless Debian Chromium and writes:
 
-* docs/images/<workflow>.png: each example graph;
+* docs/images/<workflow>.png: each example graph, on the classic canvas;
+* workflows/<workflow>.jpg: the thumbnails ComfyUI's template browser shows;
 * docs/images/schedule_chart.png: the AggregationSchedule node of the three-member example;
-* workflows/<workflow>.jpg: the thumbnails ComfyUI's template browser shows.
+* docs/images/renderers.png: that example's member badges and chart on the classic canvas
+  and with Nodes 2.0 (Vue nodes);
+* docs/images/help_panel.png: the Model Stack help in the side panel.
 
-Usage: python3 scripts/screenshots.py [--only NAME ...]
+Usage: python3 scripts/screenshots.py [--only NAME ...]  (NAME: workflow graphs to redo)
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
@@ -19,51 +24,45 @@ import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image, ImageDraw
 from playwright.sync_api import Page, sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from support.comfy_env import find_comfyui  # noqa: E402  (needs the tests dir on sys.path)
+# The tests dir must be on sys.path for these: the browser tests' page driver is reused here.
+from support.comfy_env import find_comfyui  # noqa: E402
 from support.comfy_server import ComfyServer  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, ComfyPage, Frontend, current_frontend_root  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GRAPH_SCALE = 0.8
 MAX_VIEWPORT = (2800, 1800)
 THUMBNAIL_WIDTH = 640
 CHART_WORKFLOW = "amdm_three_members_guider"
+BACKGROUND = (32, 32, 32)
+# Loader inputs naming a model file, and the models folder ComfyUI looks it up in.
+MODEL_FOLDERS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "clip_name": "text_encoders",
+                 "clip_name1": "text_encoders", "clip_name2": "text_encoders", "clip_name3": "text_encoders",
+                 "vae_name": "vae", "lora_name": "loras", "gligen_name": "gligen",
+                 "control_net_name": "controlnet"}
 
 logger = logging.getLogger("screenshots")
 
 
-def open_frontend(page: Page, url: str) -> None:
-    """Load ComfyUI and strip the chrome that should not be in a picture of a graph."""
-    page.goto(url)
-    page.wait_for_function("() => window.app?.graph && window.app.canvas && window.app.extensionManager",
-                           timeout=120_000)
-    page.wait_for_timeout(1500)
-    for _ in range(5):
-        if not page.locator(".p-dialog").count():
-            break
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(300)
-    page.evaluate("""async () => {
+def strip_chrome(page: Page, focus_mode: bool = True) -> None:
+    """Hide what should not be in a picture of a graph."""
+    page.evaluate("""async (focusMode) => {
         const settings = app.extensionManager.setting;
         await settings.set("Comfy.NodeBadge.NodeSourceBadgeMode", "None");
         await settings.set("Comfy.Minimap.Visible", false);
         await settings.set("Comfy.Graph.CanvasMenu", false);
         app.canvas.show_info = false;
-        if (!app.extensionManager.focusMode) await app.extensionManager.command.execute("Workspace.ToggleFocusMode");
-    }""")
-    page.wait_for_timeout(500)
-
-
-def load_workflow(page: Page, workflow: dict) -> None:
-    page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
+        if (app.extensionManager.focusMode !== focusMode) {
+            await app.extensionManager.command.execute("Workspace.ToggleFocusMode");
+        }
+    }""", focus_mode)
     page.wait_for_timeout(500)
 
 
@@ -97,12 +96,12 @@ def frame_graph(page: Page) -> dict:
     return {"x": 0, "y": 0, "width": width, "height": height}
 
 
-def frame_node(page: Page, node_type: str, scale: float = 1.5) -> dict:
-    """Zoom onto the first node of a type; returns its rectangle on the page."""
+def zoom_on_node(page: Page, node_id: int, scale: float = 1.5) -> dict:
+    """Zoom onto one node; returns its rectangle on the page."""
     page.set_viewport_size({"width": 900, "height": 1000})
     page.wait_for_timeout(300)
-    rect = page.evaluate("""([type, scale]) => {
-        const node = app.graph.nodes.find((n) => n.type === type);
+    rect = page.evaluate("""([id, scale]) => {
+        const node = app.graph.getNodeById(id);
         const canvas = app.canvas;
         canvas.ds.scale = scale;
         canvas.ds.offset = [-node.pos[0] + 20 / scale, -node.pos[1] + (20 + LiteGraph.NODE_TITLE_HEIGHT * scale) / scale];
@@ -110,19 +109,90 @@ def frame_node(page: Page, node_type: str, scale: float = 1.5) -> dict:
         const box = canvas.canvas.getBoundingClientRect();
         return {x: box.x + 10, y: box.y + 10, width: node.size[0] * scale + 20,
                 height: (node.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * scale + 20};
-    }""", [node_type, scale])
+    }""", [node_id, scale])
     page.mouse.move(0, 0)
     page.wait_for_timeout(800)
     return rect
 
 
 def thumbnail(png: Path, jpg: Path) -> None:
-    from PIL import Image
-
     with Image.open(png) as image:
         image = image.convert("RGB")
         height = round(image.height * THUMBNAIL_WIDTH / image.width)
         image.resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(jpg, quality=85)
+
+
+def load_example(comfy_page: ComfyPage, name: str) -> None:
+    comfy_page.load(json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8")))
+    comfy_page.page.wait_for_timeout(500)
+
+
+def graph_view_nodes(comfy_page: ComfyPage) -> list[int]:
+    """Members 1 and 2 of the chart example, then its schedule node."""
+    members = comfy_page.page.evaluate("""() => app.graph.nodes.filter((n) => n.type === "ModelStack")
+        .map((n) => [n.id, n.pos[1]]).sort((a, b) => a[1] - b[1]).map(([id]) => id)""")
+    return members[:2] + [comfy_page.node_id("AggregationSchedule")]
+
+
+def node_pictures(comfy_page: ComfyPage, node_ids: list[int]) -> list[Image.Image]:
+    schedule = node_ids[-1]
+    comfy_page.chart_view(schedule)
+    pictures = []
+    for node_id in node_ids:
+        png = comfy_page.page.screenshot(clip=comfy_page.frame_node(node_id))
+        pictures.append(Image.open(io.BytesIO(png)).convert("RGB"))
+    return pictures
+
+
+def side_by_side(rows: list[tuple[str, list[Image.Image]]], gap: int = 16) -> Image.Image:
+    """Rows of pictures, each under its caption, top-aligned on a dark background."""
+    caption_height = 26
+    width = max(sum(p.width for p in pictures) + gap * (len(pictures) + 1) for _, pictures in rows)
+    height = sum(caption_height + max(p.height for p in pictures) + gap for _, pictures in rows) + gap
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    y = gap
+    for caption, pictures in rows:
+        draw.text((gap, y + 4), caption, fill=(230, 230, 230), font_size=16)
+        y += caption_height
+        x = gap
+        for picture in pictures:
+            sheet.paste(picture, (x, y))
+            x += picture.width + gap
+        y += max(p.height for p in pictures) + gap
+    return sheet
+
+
+def help_panel(comfy_page: ComfyPage, png: Path) -> None:
+    """The chart example in a tab of its own, its first member's help open at its inputs."""
+    page = comfy_page.page
+    strip_chrome(page, focus_mode=False)
+    workflow = json.loads((WORKFLOWS_DIR / f"{CHART_WORKFLOW}.json").read_text(encoding="utf-8"))
+    page.evaluate("async ([workflow, name]) => { await app.loadGraphData(workflow, true, true, name); }",
+                  [workflow, CHART_WORKFLOW])
+    page.wait_for_timeout(500)
+    comfy_page.open_node_help(graph_view_nodes(comfy_page)[0])
+    page.locator(".node-help-content:visible h2", has_text="Inputs").first.evaluate(
+        "(heading) => heading.scrollIntoView({block: 'start'})")
+    page.mouse.move(700, 500)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(png))
+    comfy_page.close()
+
+
+def stand_in_model_files(models_dir: Path, names: list[str]) -> None:
+    """Empty files under the names the examples' loaders ask for, where the test models
+    have none: current frontends outline a loader whose file is missing in red, and the
+    pictures show the graphs as a user who has the files sees them. Nothing loads them."""
+    for name in names:
+        prompt = json.loads((WORKFLOWS_DIR / "api" / f"{name}.json").read_text(encoding="utf-8"))
+        for node in prompt.values():
+            for input_name, value in node["inputs"].items():
+                if input_name in MODEL_FOLDERS and isinstance(value, str):
+                    path = models_dir / MODEL_FOLDERS[input_name] / value
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if not path.exists():
+                        path.touch()
 
 
 def main() -> None:
@@ -134,30 +204,53 @@ def main() -> None:
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="amdm-screenshots-") as base:
-        server = ComfyServer(Path(base), Path(base) / "comfyui.log")
+        server = ComfyServer(Path(base), Path(base) / "comfyui.log",
+                             extra_args=["--front-end-root", str(current_frontend_root())])
         server.start()
         try:
             server.require_pack()
+            stand_in_model_files(server.models_dir, sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json")))
             if "UpscaleModelLoader" not in server.object_info():
                 # The frontend's model-folder map needs it; without it no loader node can be created.
                 raise SystemExit("ComfyUI has no UpscaleModelLoader: install spandrel (pip install spandrel)")
             # The image-to-image example reads ComfyUI's own example picture.
             shutil.copy(find_comfyui() / "input" / "example.png", server.input_dir / "example.png")
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1600, "height": 1000}, device_scale_factor=1)
-                open_frontend(page, server.url)
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                comfy_page = ComfyPage(browser, server.url, Frontend(current=True, renderer="classic"))
+                page = comfy_page.page
+                strip_chrome(page)
                 for name in names:
-                    load_workflow(page, json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8")))
+                    load_example(comfy_page, name)
                     graph_png = IMAGES_DIR / f"{name}.png"
                     page.screenshot(path=str(graph_png), clip=frame_graph(page))
                     thumbnail(graph_png, WORKFLOWS_DIR / f"{name}.jpg")
                     logger.info("wrote %s and %s", graph_png.relative_to(REPO_ROOT),
                                 (WORKFLOWS_DIR / f"{name}.jpg").relative_to(REPO_ROOT))
-                    if name == CHART_WORKFLOW:
-                        chart_png = IMAGES_DIR / "schedule_chart.png"
-                        page.screenshot(path=str(chart_png), clip=frame_node(page, "AggregationSchedule"))
-                        logger.info("wrote %s", chart_png.relative_to(REPO_ROOT))
+
+                load_example(comfy_page, CHART_WORKFLOW)
+                schedule = comfy_page.node_id("AggregationSchedule")
+                comfy_page.chart_view(schedule)
+                chart_png = IMAGES_DIR / "schedule_chart.png"
+                page.screenshot(path=str(chart_png), clip=zoom_on_node(page, schedule))
+                logger.info("wrote %s", chart_png.relative_to(REPO_ROOT))
+
+                page.set_viewport_size({"width": 1400, "height": 1000})
+                rows = []
+                for renderer, caption in (("classic", "classic canvas"), ("vue", "Nodes 2.0 (Vue nodes)")):
+                    comfy_page.frontend = Frontend(current=True, renderer=renderer)
+                    comfy_page.set_setting("Comfy.VueNodes.Enabled", renderer == "vue")
+                    load_example(comfy_page, CHART_WORKFLOW)
+                    rows.append((caption, node_pictures(comfy_page, graph_view_nodes(comfy_page))))
+                renderers_png = IMAGES_DIR / "renderers.png"
+                side_by_side(rows).save(renderers_png)
+                logger.info("wrote %s", renderers_png.relative_to(REPO_ROOT))
+
+                comfy_page.set_setting("Comfy.VueNodes.Enabled", False)
+                comfy_page.close()
+                help_png = IMAGES_DIR / "help_panel.png"
+                help_panel(ComfyPage(browser, server.url, Frontend(current=True, renderer="classic")), help_png)
+                logger.info("wrote %s", help_png.relative_to(REPO_ROOT))
                 browser.close()
         finally:
             server.stop()

@@ -153,6 +153,19 @@ if [[ $want_browser -eq 1 ]]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
     fi
+    # The current ComfyUI frontend: the browser tests also run the pack in it, served with
+    # `--front-end-root`. Installed under the cache, not into ComfyUI's environment.
+    CURRENT_FRONTEND_VERSION="1.58.1"
+    frontend_dir="$cache_dir/frontend/$CURRENT_FRONTEND_VERSION"
+    if [[ -f "$frontend_dir/comfyui_frontend_package/static/index.html" ]]; then
+        log "comfyui-frontend-package $CURRENT_FRONTEND_VERSION present"
+    else
+        log "installing comfyui-frontend-package $CURRENT_FRONTEND_VERSION into $frontend_dir"
+        mkdir -p "$cache_dir/frontend"
+        rm -rf "$frontend_dir.partial"
+        pip_install --no-deps --target "$frontend_dir.partial" "comfyui-frontend-package==$CURRENT_FRONTEND_VERSION"
+        mv "$frontend_dir.partial" "$frontend_dir"
+    fi
 fi
 
 # --- test models -------------------------------------------------------------------------

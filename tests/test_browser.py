@@ -1,11 +1,16 @@
-"""The pack in ComfyUI's real frontend: headless Chromium against the real server.
+"""The pack in ComfyUI's real frontends: headless Chromium against the real server.
 
-Needs Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`); Playwright only
-drives it. Screenshots land in <repo>/test-artifacts/browser/.
+Two frontends: the one ComfyUI 0.3.64 pins (1.27), on the classic LiteGraph canvas, and the
+current ``comfyui-frontend-package`` that ``scripts/setup.sh --browser`` installs outside the
+repository (served with ``main.py --front-end-root``), on the classic canvas and with Vue
+nodes ("Nodes 2.0"). Needs Debian's Chromium at /usr/bin/chromium; Playwright only drives it.
+Screenshots land in <repo>/test-artifacts/browser/.
+
+The tests of one frontend configuration share one page; the last of them checks that the
+page logged nothing from the pack's files in the meantime.
 """
 from __future__ import annotations
 
-import copy
 import io
 import json
 import re
@@ -17,17 +22,18 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
-from support.comfy_env import load_comfy_extra_nodes
+from support.comfy_env import cache_dir, find_comfyui, load_comfy_extra_nodes
 from support.comfy_server import ComfyServer
+from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
                             provide_input_images, saved_images, small_value)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -35,37 +41,97 @@ VIEWPORT = {"width": 1400, "height": 950}
 PACK_NODE_TYPES = ("ModelStack", "AggregationSchedule", "AMDMGuider", "AMDMSampler")
 DISPLAY_NAMES = {"ModelStack": "AMDM Model Stack", "AggregationSchedule": "AMDM Aggregation Schedule",
                  "AMDMGuider": "AMDM Guider", "AMDMSampler": "AMDM Sampler"}
-# Colours the extension draws with (web/js/amdm.js): members 1 and 2, and the window bracket.
+PACK_EXTENSION_PATH = "/extensions/comfyui-amdm/"
+# The frontend asks for a node's help in the user's language first (docs/<Node>/<locale>.md)
+# and falls back to docs/<Node>.md, the pack's one page for every language; the browser logs
+# the first request's 404.
+LOCALE_HELP_PROBE = re.compile(r"Failed to load resource: .*404.* @ \S+/docs/\w+/[\w-]+\.md$")
+# Colours the extension draws with (web/js/amdm.js): members 1 to 3, and the window bracket.
 MEMBER_RGB = [(0xF0, 0xA0, 0x4B), (0x4F, 0xB3, 0xF0), (0x7C, 0xCF, 0x6F)]
 WINDOW_RGB = (0xF0, 0xD0, 0x50)
+# Console messages carry the stack of their caller, so that a message can be traced to a file.
+CONSOLE_STACKS = """(() => {
+    for (const level of ["error", "warn"]) {
+        const original = console[level];
+        console[level] = function (...args) {
+            return original.call(this, ...args, "\\n[stack] " + new Error().stack);
+        };
+    }
+})()"""
+
+
+def pinned_frontend_version() -> str:
+    """The comfyui-frontend-package version ComfyUI's requirements.txt pins."""
+    requirements = (find_comfyui() / "requirements.txt").read_text(encoding="utf-8")
+    return re.search(r"^comfyui-frontend-package==(\S+)", requirements, re.M).group(1)
+
+
+def current_frontend_version() -> str:
+    """The current frontend's version, pinned in one place: scripts/setup.sh."""
+    return re.search(r'^\s*CURRENT_FRONTEND_VERSION="(.+)"', SETUP_SCRIPT.read_text(encoding="utf-8"), re.M).group(1)
+
+
+def current_frontend_root() -> Path:
+    """The static folder of the current frontend as scripts/setup.sh --browser installs it."""
+    version = current_frontend_version()
+    root = cache_dir() / "frontend" / version / "comfyui_frontend_package" / "static"
+    if not (root / "index.html").is_file():
+        raise RuntimeError(f"comfyui-frontend-package {version} is not installed at {root}: "
+                           f"run `bash scripts/setup.sh --browser`")
+    return root
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """One frontend configuration: which package serves the page, and which renderer draws nodes."""
+    current: bool
+    renderer: str  # "classic" (LiteGraph canvas) or "vue" (Nodes 2.0)
+
+    @property
+    def version(self) -> str:
+        return current_frontend_version() if self.current else pinned_frontend_version()
+
+    @property
+    def vue(self) -> bool:
+        return self.renderer == "vue"
+
+    def __str__(self) -> str:
+        return f"{'current' if self.current else 'pinned'}-{self.renderer}"
+
+
+FRONTENDS = [Frontend(False, "classic"), Frontend(True, "classic"), Frontend(True, "vue")]
 
 
 @dataclass
 class ConsoleLog:
-    """Console errors and uncaught exceptions of one page."""
+    """Console errors and warnings, and uncaught exceptions, of one page."""
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def record_message(self, message: ConsoleMessage) -> None:
+        text = f"{message.text} @ {message.location.get('url', '')}"
         if message.type == "error":
-            self.errors.append(f"{message.text} @ {message.location.get('url', '')}")
+            self.errors.append(text)
+        elif message.type == "warning":
+            self.warnings.append(text)
 
     def record_exception(self, error: PlaywrightError) -> None:
         self.errors.append(f"uncaught: {error.message}\n{error.stack or ''}")
 
-
-def normalised(error: str, server_url: str) -> str:
-    """An error with the server address and source positions removed, for comparing runs."""
-    text = error.replace(server_url, "<server>")
-    text = re.sub(r":\d+:\d+", "", text)
-    return text.split("\n")[0].strip()
+    def from_pack(self) -> list[str]:
+        """Errors, and warnings such as deprecations, raised by the pack's files or naming it."""
+        return [text for text in self.errors + self.warnings
+                if (PACK_EXTENSION_PATH in text or "amdm" in text.lower()) and not LOCALE_HELP_PROBE.match(text)]
 
 
 class ComfyPage:
-    """One ComfyUI tab: open, load workflows, look at the canvas."""
+    """One ComfyUI tab: open, pick the renderer, load workflows, look at nodes."""
 
-    def __init__(self, browser: Browser, server_url: str):
+    def __init__(self, browser: Browser, server_url: str, frontend: Frontend | None = None):
         self.server_url = server_url
+        self.frontend = frontend
         self.context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+        self.context.add_init_script(CONSOLE_STACKS)
         self.page: Page = self.context.new_page()
         self.log = ConsoleLog()
         self.page.on("console", self.log.record_message)
@@ -76,18 +142,34 @@ class ComfyPage:
             "&& Object.keys(LiteGraph.registered_node_types).length > 100", timeout=120_000)
         self.page.wait_for_timeout(1500)
         self.dismiss_dialogs()
+        if frontend is not None:
+            assert self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == frontend.version
+            self.set_setting("Comfy.Minimap.Visible", False)
+            if frontend.current:
+                self.set_setting("Comfy.VueNodes.Enabled", frontend.vue)
+            assert self.page.evaluate("() => LiteGraph.vueNodesMode") == frontend.vue
+
+    @property
+    def vue(self) -> bool:
+        return bool(self.frontend and self.frontend.vue)
 
     def close(self) -> None:
         self.context.close()
 
+    def set_setting(self, setting: str, value: Any) -> None:
+        self.page.evaluate("async ([id, value]) => { await app.extensionManager.setting.set(id, value); }",
+                           [setting, value])
+        self.page.wait_for_timeout(300)
+
     def dismiss_dialogs(self) -> None:
         """Close whatever dialog the frontend opened (the template browser on a first visit)."""
+        dialogs = self.page.locator(".p-dialog, [role=dialog][data-state=open]")
         for _ in range(5):
-            if not self.page.locator(".p-dialog").count():
+            if not dialogs.count():
                 return
             self.page.keyboard.press("Escape")
             self.page.wait_for_timeout(300)
-        raise AssertionError("a dialog stays open: " + self.page.locator(".p-dialog").first.inner_text()[:200])
+        raise AssertionError("a dialog stays open: " + dialogs.first.inner_text()[:200])
 
     def load(self, workflow: dict) -> None:
         self.page.evaluate("async (workflow) => { await app.loadGraphData(workflow); }", workflow)
@@ -95,8 +177,11 @@ class ComfyPage:
         self.dismiss_dialogs()
 
     def missing_node_types(self) -> list[str]:
+        """Nodes whose type the frontend does not know. (Not `has_errors`: current frontends
+        also set it on a loader whose model file is missing, and the test models do not
+        include the family examples' text encoders.)"""
         return self.page.evaluate(
-            "() => app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type] || n.has_errors)"
+            "() => app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type])"
             ".map((n) => `${n.id}:${n.type}`)")
 
     def prompt_from_frontend(self) -> dict:
@@ -106,49 +191,64 @@ class ComfyPage:
     def node_id(self, node_type: str) -> int:
         return self.page.evaluate("(type) => app.graph.nodes.find((n) => n.type === type).id", node_type)
 
-    def frame_node(self, node_id: int) -> dict:
-        """Show a node at zoom 1 near the canvas's top left; returns its page rectangle."""
+    def frame_node(self, node_id: int, top: int = 140) -> dict:
+        """Show a node at zoom 1, `top` pixels below the canvas's top (clear of the overlay
+        toolbars), in front of any node it overlaps; returns its page rectangle."""
         self.page.mouse.move(5, VIEWPORT["height"] - 5)
-        rect = self.page.evaluate("""(id) => {
+        rect = self.page.evaluate("""([id, top]) => {
             const node = app.graph.getNodeById(id);
             const canvas = app.canvas;
             canvas.ds.scale = 1;
-            canvas.ds.offset = [-node.pos[0] + 80, -node.pos[1] + 90];
+            canvas.ds.offset = [-node.pos[0] + 120, -node.pos[1] + top];
+            canvas.bringToFront(node);
             canvas.setDirty(true, true);
             const box = canvas.canvas.getBoundingClientRect();
-            return {x: box.x + 80, y: box.y + 90 - LiteGraph.NODE_TITLE_HEIGHT,
+            return {x: box.x + 120, y: box.y + top - LiteGraph.NODE_TITLE_HEIGHT,
                     width: node.size[0], height: node.size[1] + LiteGraph.NODE_TITLE_HEIGHT};
-        }""", node_id)
+        }""", [node_id, top])
         self.page.wait_for_timeout(400)
+        if self.vue:
+            # Vue nodes size themselves to their content: the element is the node. A click on
+            # its title brings it to the front.
+            element = self.page.locator(f'[data-node-id="{node_id}"]')
+            element.locator('[data-testid="node-title"]').click()
+            self.page.evaluate("() => app.canvas.deselectAll()")
+            self.page.mouse.move(5, VIEWPORT["height"] - 5)
+            self.page.wait_for_timeout(300)
+            rect = element.bounding_box()
         return rect
 
     def node_image(self, node_id: int, artifact: str) -> Image.Image:
         rect = self.frame_node(node_id)
         png = self.page.screenshot(clip=rect)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / artifact).write_bytes(png)
+        (ARTIFACTS / f"{self.frontend}_{artifact}").write_bytes(png)
         return Image.open(io.BytesIO(png)).convert("RGB")
 
-    def widget_rect(self, node_id: int, widget_name: str) -> dict:
-        return self.page.evaluate("""([id, name]) => {
-            const node = app.graph.getNodeById(id);
-            const widget = node.widgets.find((w) => w.name === name);
-            const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] + widget.y]);
-            const box = app.canvas.canvas.getBoundingClientRect();
-            const scale = app.canvas.ds.scale;
-            return {x: box.x + x, y: box.y + y, width: node.size[0] * scale, height: (widget.computedHeight ?? 24) * scale};
-        }""", [node_id, widget_name])
-
     def type_into_widget(self, node_id: int, widget_name: str, value: str) -> None:
-        """Edit a number widget the way a user does: double-click it, type, Enter."""
+        """Edit a number widget the way a user does in each renderer."""
         self.frame_node(node_id)
-        rect = self.widget_rect(node_id, widget_name)
-        self.page.mouse.dblclick(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
-        editor = self.page.locator(".graphdialog input.value:visible").last
-        editor.wait_for(timeout=5000)
-        editor.press("Control+a")
-        editor.type(value)
-        editor.press("Enter")
+        if self.vue:
+            field = self.page.locator(f'[data-node-id="{node_id}"] [data-widget-name="{widget_name}"] input')
+            field.focus()
+            field.press("Control+a")
+            field.press_sequentially(value)
+            field.press("Enter")
+            field.blur()
+        else:
+            rect = self.page.evaluate("""([id, name]) => {
+                const node = app.graph.getNodeById(id);
+                const widget = node.widgets.find((w) => w.name === name);
+                const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] + widget.y]);
+                const box = app.canvas.canvas.getBoundingClientRect();
+                return {x: box.x + x + node.size[0] / 2, y: box.y + y + 10};
+            }""", [node_id, widget_name])
+            self.page.mouse.dblclick(rect["x"], rect["y"])
+            editor = self.page.locator(".graphdialog input.value:visible").last
+            editor.wait_for(timeout=5000)
+            editor.press("Control+a")
+            editor.press_sequentially(value)
+            editor.press("Enter")
         self.page.mouse.move(5, VIEWPORT["height"] - 5)
         self.page.wait_for_timeout(400)
 
@@ -161,8 +261,19 @@ class ComfyPage:
         """Call one of the extension's exported view functions on a node."""
         return self.page.evaluate("""async ([fn, id, module]) => {
             const view = (await import(module))[fn](app.graph.getNodeById(id));
-            return JSON.parse(JSON.stringify({...view, members: view.members?.map((m) => ({name: m.name, weight: m.weight}))}));
+            return JSON.parse(JSON.stringify(view));
         }""", [function, node_id, self.extension_url("amdm.js")])
+
+    def chart_view(self, node_id: int, timeout: float = 15.0) -> dict:
+        """The schedule chart's data once the server has answered for the current graph."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.graph_view("scheduleView", node_id)
+            expected = self.graph_view("chartRequest", node_id)
+            if view and "error" not in view and view["request"] == expected["body"]:
+                return view
+            assert time.monotonic() < deadline, f"the chart did not update: {view}"
+            self.page.wait_for_timeout(200)
 
     def extension_url(self, file_name: str) -> str:
         """The URL the frontend imported one of the pack's extension files from."""
@@ -173,28 +284,23 @@ class ComfyPage:
         assert url, f"the server lists no extension file {file_name}"
         return url
 
+    def open_node_help(self, node_id: int) -> str:
+        """Select a node and open its help through the selection toolbox's info button; the
+        help's text as the panel shows it (the node library's help page on 1.27, the right
+        side panel's Info tab on current frontends)."""
+        self.frame_node(node_id, top=260)  # room above the node for the selection toolbox
+        self.page.evaluate("(id) => { app.canvas.deselectAll?.(); app.canvas.selectNode(app.graph.getNodeById(id)); }",
+                           node_id)
+        self.page.locator('[data-testid="info-button"]:visible').first.click(timeout=10_000)
+        help_content = self.page.locator(".node-help-content:visible").first
+        help_content.locator("h1, h2").first.wait_for(timeout=15_000)
+        return help_content.inner_text()
+
 
 def colour_pixels(image: Image.Image, rgb: tuple[int, int, int], tolerance: int = 24) -> int:
     """How many pixels are within `tolerance` of a colour on every channel."""
     distance = np.abs(np.asarray(image, dtype=np.int16) - np.array(rgb, dtype=np.int16))
     return int(np.all(distance <= tolerance, axis=-1).sum())
-
-
-def pack_free(workflow: dict) -> dict:
-    """The same UI workflow without this pack's nodes (and their links): the control run."""
-    workflow = copy.deepcopy(workflow)
-    removed = {node["id"] for node in workflow["nodes"] if node["type"] in PACK_NODE_TYPES}
-    dropped_links = {link[0] for link in workflow["links"] if link[1] in removed or link[3] in removed}
-    workflow["nodes"] = [node for node in workflow["nodes"] if node["id"] not in removed]
-    workflow["links"] = [link for link in workflow["links"] if link[0] not in dropped_links]
-    for node in workflow["nodes"]:
-        for slot in node.get("inputs", []):
-            if slot.get("link") in dropped_links:
-                slot["link"] = None
-        for slot in node.get("outputs", []):
-            if slot.get("links"):
-                slot["links"] = [link for link in slot["links"] if link not in dropped_links]
-    return workflow
 
 
 def shrink_loaded_graph(comfy_page: ComfyPage) -> None:
@@ -216,6 +322,13 @@ def history(server_url: str) -> dict:
         return json.load(response)
 
 
+def post_chart(server_url: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{server_url}/api/amdm/chart", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 @pytest.fixture(scope="module")
 def browser(comfy) -> Iterator[Browser]:
     # Registering comfy_extras runs an asyncio loop, which cannot start once sync Playwright
@@ -230,16 +343,14 @@ def browser(comfy) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def comfy_server_without_pack(tmp_path_factory: pytest.TempPathFactory, comfy_server) -> Iterator[ComfyServer]:
-    """The same ComfyUI and models, with nothing in custom_nodes: the control for console errors."""
-    base_dir = tmp_path_factory.mktemp("comfy_server_without_pack")
-    server = ComfyServer(base_dir, ARTIFACTS.parent / "comfyui-server-without-pack.log")
-    # start() links the pack into `custom_nodes_dir`; ComfyUI itself reads <base>/custom_nodes.
-    server.custom_nodes_dir = base_dir / "pack_not_installed"
-    (base_dir / "custom_nodes").mkdir()
+def current_frontend_server(tmp_path_factory: pytest.TempPathFactory, fixture_files) -> Iterator[ComfyServer]:
+    """The same ComfyUI, pack and models, serving the current frontend."""
+    base_dir = tmp_path_factory.mktemp("comfy_server_current_frontend")
+    server = ComfyServer(base_dir, ARTIFACTS.parent / "comfyui-server-current-frontend.log",
+                         extra_args=["--front-end-root", str(current_frontend_root())])
     server.start()
     try:
-        assert not server.pack_loaded()
+        server.require_pack()
         yield server
     finally:
         server.stop()
@@ -255,57 +366,48 @@ def require_frontend_model_loaders(server) -> None:
                            "CheckpointLoaderSimple or LoraLoader nodes. Install it: pip install spandrel")
 
 
-@pytest.fixture(scope="module")
-def comfy_page(browser: Browser, comfy_server) -> Iterator[ComfyPage]:
-    require_frontend_model_loaders(comfy_server)
+@dataclass
+class FrontendSession:
+    server: ComfyServer
+    page: ComfyPage
+
+
+@pytest.fixture(scope="module", params=FRONTENDS, ids=str)
+def session(request: pytest.FixtureRequest, browser: Browser) -> Iterator[FrontendSession]:
+    """A page of one frontend configuration on its server."""
+    frontend: Frontend = request.param
+    server = request.getfixturevalue("current_frontend_server" if frontend.current else "comfy_server")
+    require_frontend_model_loaders(server)
     for name in WORKFLOW_NAMES:
-        provide_input_images(comfy_server.url, load_api_workflow(name))
-    page = ComfyPage(browser, comfy_server.url)
-    yield page
+        provide_input_images(server.url, load_api_workflow(name))
+    page = ComfyPage(browser, server.url, frontend)
+    yield FrontendSession(server, page)
     page.close()
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_workflow_loads_with_every_node_type(comfy_page: ComfyPage, name: str) -> None:
-    comfy_page.load(load_ui_workflow(name))
-    assert comfy_page.missing_node_types() == []
+def test_workflow_loads_with_every_node_type(session: FrontendSession, name: str) -> None:
+    session.page.load(load_ui_workflow(name))
+    assert session.page.missing_node_types() == []
     # The frontend's own conversion of the loaded graph is the shipped API file.
-    assert graph_differences(comfy_page.prompt_from_frontend(), load_api_workflow(name)) == []
+    assert graph_differences(session.page.prompt_from_frontend(), load_api_workflow(name)) == []
 
 
-def test_pack_adds_no_console_errors(browser: Browser, comfy_server, comfy_server_without_pack) -> None:
-    """Same workflows, same actions; the control run has no pack and no pack nodes."""
-    require_frontend_model_loaders(comfy_server)
-    runs = {}
-    for label, server, prepare in (("with pack", comfy_server, lambda wf: wf),
-                                   ("without pack", comfy_server_without_pack, pack_free)):
-        for name in WORKFLOW_NAMES:
-            provide_input_images(server.url, load_api_workflow(name))
-        page = ComfyPage(browser, server.url)
-        try:
-            for name in WORKFLOW_NAMES:
-                page.load(prepare(load_ui_workflow(name)))
-                page.frame_node(page.page.evaluate("() => app.graph.nodes[0].id"))
-            page.page.wait_for_timeout(1000)
-            runs[label] = page.log.errors
-        finally:
-            page.close()
-    control = {normalised(error, comfy_server_without_pack.url) for error in runs["without pack"]}
-    caused = [error for error in runs["with pack"]
-              if "amdm" in error.lower() or normalised(error, comfy_server.url) not in control]
-    assert caused == []
+def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
+    page = session.page
+    page.load(load_ui_workflow("amdm_two_members"))
+    schedule = page.node_id("AggregationSchedule")
+    before_view = page.chart_view(schedule)
+    before = page.node_image(schedule, "schedule_end_0.40.png")
 
-
-def test_schedule_drawing_follows_end_percent(comfy_page: ComfyPage) -> None:
-    comfy_page.load(load_ui_workflow("amdm_two_members"))
-    schedule = comfy_page.node_id("AggregationSchedule")
-    before_view = comfy_page.graph_view("scheduleView", schedule)
-    before = comfy_page.node_image(schedule, "schedule_end_0.40.png")
-
-    comfy_page.type_into_widget(schedule, "end_percent", "0.8")
-    assert comfy_page.widget_value(schedule, "end_percent") == pytest.approx(0.8)
-    after_view = comfy_page.graph_view("scheduleView", schedule)
-    after = comfy_page.node_image(schedule, "schedule_end_0.80.png")
+    if session.page.frontend.current:
+        # With the side panel showing the selected node's widgets, the node's chart still redraws.
+        page.page.evaluate("(id) => app.canvas.selectNode(app.graph.getNodeById(id))", schedule)
+        page.set_setting("Comfy.RightSidePanel.IsOpen", True)
+    page.type_into_widget(schedule, "end_percent", "0.8")
+    assert page.widget_value(schedule, "end_percent") == pytest.approx(0.8)
+    after_view = page.chart_view(schedule)
+    after = page.node_image(schedule, "schedule_end_0.80.png")
 
     # 25 euler/normal steps: end_percent 0.4 -> steps 0-9, 0.8 -> steps 0-19.
     assert before_view["inWindow"] == list(range(10))
@@ -320,149 +422,232 @@ def test_schedule_drawing_follows_end_percent(comfy_page: ComfyPage) -> None:
     # Member 2's share (blue) covers twice the steps.
     assert colour_pixels(after, MEMBER_RGB[1]) / colour_pixels(before, MEMBER_RGB[1]) == pytest.approx(2.0, rel=0.15)
 
+    # The chart follows the sampler node too: 30 steps, 0.8 of them aggregated.
+    page.type_into_widget(page.node_id("AMDMSampler"), "steps", "30")
+    view = page.chart_view(schedule)
+    assert view["stepCount"] == 30 and view["inWindow"] == list(range(24))
+    if session.page.frontend.current:
+        page.set_setting("Comfy.RightSidePanel.IsOpen", False)
 
-def test_schedule_drawing_without_a_stack_shows_the_curve(comfy_page: ComfyPage) -> None:
-    comfy_page.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [],
-                     "config": {}, "extra": {}, "version": 0.4})
-    node_id = comfy_page.page.evaluate("""() => {
+
+def test_member_badges_follow_the_chain(session: FrontendSession) -> None:
+    page = session.page
+    page.load(load_ui_workflow("amdm_three_members_guider"))
+    stacks = page.page.evaluate("() => app.graph.nodes.filter((n) => n.type === 'ModelStack').map((n) => n.id)")
+    infos = [page.graph_view("memberInfo", node_id) for node_id in stacks]
+    assert sorted((info["index"], info["total"], info["isTarget"]) for info in infos) == \
+        [(0, 3, True), (1, 3, False), (2, 3, False)]
+    for node_id, info in zip(stacks, infos):
+        image = page.node_image(node_id, f"member_{info['index'] + 1}.png")
+        # Tight tolerance: the CONDITIONING slots' orange is close to member 1's.
+        assert colour_pixels(image, MEMBER_RGB[info["index"]], 12) > 150
+        assert all(colour_pixels(image, MEMBER_RGB[other], 12) < 20 for other in range(3) if other != info["index"])
+
+    schedule = page.node_id("AggregationSchedule")
+    page.type_into_widget(schedule, "target_member", "3")
+    assert [page.graph_view("memberInfo", node_id)["isTarget"] for node_id in stacks] == \
+        [info["index"] == 2 for info in infos]
+    view = page.chart_view(schedule)
+    # KarrasScheduler with 25 steps feeds SamplerCustomAdvanced: the chart uses its sigmas.
+    assert view["exact"] is True and view["stepCount"] == 25 and view["targetIndex"] == 2
+
+
+def test_help_pages_show_as_lists(session: FrontendSession) -> None:
+    page = session.page
+    page.load(load_ui_workflow("amdm_three_members_guider"))
+    text = page.open_node_help(page.node_id("ModelStack"))
+    assert "Adds one member to an AMDM stack" in " ".join(text.split())
+    help_content = page.page.locator(".node-help-content:visible").first
+    # Inputs as a list, not a table that the side panel would cut.
+    assert help_content.locator("table").count() == 0
+    assert help_content.locator("li code", has_text="deviation").count() >= 1
+    box = help_content.bounding_box()
+    (ARTIFACTS / f"{session.page.frontend}_help.png").write_bytes(page.page.screenshot(clip=box))
+    page.page.keyboard.press("Escape")
+    if session.page.frontend.current:
+        page.set_setting("Comfy.RightSidePanel.IsOpen", False)
+
+
+def test_schedule_chart_without_a_stack_shows_the_curve(session: FrontendSession) -> None:
+    page = session.page
+    page.load({"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [],
+               "config": {}, "extra": {}, "version": 0.4})
+    node_id = page.page.evaluate("""() => {
         const node = LiteGraph.createNode("AggregationSchedule");
         app.graph.add(node);
         node.widgets.find((w) => w.name === "weight_curve").value = "linear_decay";
         return node.id;
     }""")
-    view = comfy_page.graph_view("scheduleView", node_id)
+    page.frame_node(node_id)
+    view = page.chart_view(node_id)
     assert view["connected"] is False and view["exact"] is False
     assert view["stepCount"] == 20
     # Defaults: end_percent 0.4 of 20 "simple" steps -> steps 0-7; others fade as 1 - j/8.
     assert view["inWindow"] == list(range(8))
     assert [row[1] for row in view["shares"][:9]] == pytest.approx([1 - j / 8 for j in range(8)] + [0])
-    image = comfy_page.node_image(node_id, "schedule_unconnected.png")
+    image = page.node_image(node_id, "schedule_unconnected.png")
     assert colour_pixels(image, MEMBER_RGB[0]) > 100
 
 
-def test_member_badges_follow_the_chain(comfy_page: ComfyPage) -> None:
-    comfy_page.load(load_ui_workflow("amdm_three_members_guider"))
-    stacks = comfy_page.page.evaluate(
-        "() => app.graph.nodes.filter((n) => n.type === 'ModelStack').map((n) => n.id)")
-    infos = [comfy_page.graph_view("memberInfo", node_id) for node_id in stacks]
-    ordered = sorted(infos, key=lambda info: info["index"])
-    assert [(info["index"], info["total"], info["isTarget"]) for info in ordered] == \
-        [(0, 3, True), (1, 3, False), (2, 3, False)]
-    for node_id, info in zip(stacks, infos):
-        image = comfy_page.node_image(node_id, f"member_{info['index'] + 1}.png")
-        assert colour_pixels(image, MEMBER_RGB[info["index"]]) > 300
+def test_chart_follows_a_flow_models_shift(session: FrontendSession, comfy, sd15) -> None:
+    """A ModelSamplingSD3 node on the target's model path: the chart samples on the flow
+    sigmas of its shift, like the sampler does (karras spaces them by sigma, so the shift
+    moves the window's end)."""
+    from comfy.samplers import KSampler
 
-    schedule = comfy_page.node_id("AggregationSchedule")
-    comfy_page.type_into_widget(schedule, "target_member", "3")
-    assert [comfy_page.graph_view("memberInfo", node_id)["isTarget"] for node_id in stacks] == \
-        [info["index"] == 2 for info in infos]
-    view = comfy_page.graph_view("scheduleView", schedule)
-    # KarrasScheduler with 25 steps feeds SamplerCustomAdvanced: the chart uses its sigmas.
-    assert view["exact"] is True and view["stepCount"] == 25 and view["targetIndex"] == 2
-
-
-def window_cases(model) -> Iterator[dict]:
-    """Sampler settings spanning every scheduler, denoise < 1, the penultimate-sigma samplers,
-    percent windows and step limits; with the sigmas ComfyUI's KSampler computes for them."""
-    import comfy.samplers
-
-    windows = [(0.0, 0.4, 0, 10000), (0.1, 0.65, 0, 10000), (0.0, 1.0, 2, 6), (0.3, 0.31, 0, 10000)]
-    for scheduler in comfy.samplers.KSampler.SCHEDULERS:
-        for steps in (5, 20, 30):
-            for denoise in (1.0, 0.6):
-                for sampler in ("euler", "dpm_2"):
-                    sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler,
-                                                     scheduler=scheduler, denoise=denoise,
-                                                     model_options=model.model_options).sigmas
-                    for start, end, start_step, end_step in windows:
-                        yield {"scheduler": scheduler, "steps": steps, "denoise": denoise, "sampler": sampler,
-                               "schedule": {"start_percent": start, "end_percent": end,
-                                            "start_step": start_step, "end_step": end_step},
-                               "sigmas": sigmas.tolist()}
+    page = session.page
+    page.load(load_ui_workflow("amdm_two_members"))
+    schedule = page.node_id("AggregationSchedule")
+    page.page.evaluate("""() => {
+        const stack = app.graph.nodes.filter((n) => n.type === "ModelStack")
+            .find((n) => !n.getInputLink(n.inputs.findIndex((i) => i.name === "stack")));
+        const link = stack.getInputLink(stack.inputs.findIndex((i) => i.name === "model"));
+        const loader = app.graph.getNodeById(link.origin_id);
+        const shift = LiteGraph.createNode("ModelSamplingSD3");
+        app.graph.add(shift);
+        shift.widgets.find((w) => w.name === "shift").value = 3.0;
+        loader.connect(link.origin_slot, shift, 0);
+        shift.connect(0, stack, "model");
+        app.graph.nodes.find((n) => n.type === "AMDMSampler").widgets
+            .find((w) => w.name === "scheduler").value = "karras";
+    }""")
+    view = page.chart_view(schedule)
+    model = comfy.run("ModelSamplingSD3", model=sd15.model, shift=3.0)[0]
+    sigmas = KSampler(model, steps=25, device="cpu", sampler="euler", scheduler="karras",
+                      model_options=model.model_options).sigmas
+    end = model.get_model_object("model_sampling").percent_to_sigma(0.4)
+    assert view["family"] == "ModelSamplingSD3 shift 3"
+    assert view["inWindow"] == [k for k in range(25) if sigmas[k] > end] == [0, 1]
 
 
-def test_chart_window_is_the_samplers_window(comfy_page: ComfyPage, pack, sd15, encode) -> None:
-    """The browser's sigmas and window (web/js/amdm_schedule.js) against AMDMGuider.window on
-    the sigmas of ComfyUI's KSampler, for the target model of a real SD1.5 checkpoint."""
-    from comfyui_amdm.amdm_core import Schedule
-    from comfyui_amdm.nodes import AMDMGuider, Member
-
-    model, clip, _ = sd15
-    conditioning = encode(clip, "a cat")
-    members = [Member(model, conditioning, conditioning, 7.0), Member(model, conditioning, conditioning, 7.0)]
-    cases = list(window_cases(model))
-    for case in cases:
-        guider = AMDMGuider(members, Schedule(**case["schedule"]))
-        case["expected"] = list(guider.window(torch.tensor(case["sigmas"])))
-
-    browser_side = comfy_page.page.evaluate("""async ([cases, module]) => {
-        const schedule = await import(module);
-        return cases.map((c) => {
-            const sigmas = schedule.ksamplerSigmas(c.scheduler, c.steps, c.denoise, c.sampler);
-            return {sigmas, window: schedule.windowSteps(sigmas, c.schedule)};
-        });
-    }""", [cases, comfy_page.extension_url("amdm_schedule.js")])
-
-    sigma_mismatches = [case for case, ours in zip(cases, browser_side)
-                        if not np.allclose(ours["sigmas"], case["sigmas"], rtol=1e-4, atol=1e-5)]
-    window_mismatches = [(case["scheduler"], case["steps"], case["denoise"], case["sampler"], case["schedule"],
-                          case["expected"], ours["window"])
-                         for case, ours in zip(cases, browser_side) if ours["window"] != case["expected"]]
-    assert sum(len(case["expected"]) for case in cases) > len(cases)
-    assert [case["scheduler"] for case in sigma_mismatches] == []
-    assert window_mismatches == []
-
-
-def test_chart_sigmas_of_sigmas_nodes(comfy_page: ComfyPage, comfy, sd15) -> None:
-    """The SIGMAS nodes the chart follows behind AMDMGuider, against the nodes themselves."""
-    model = sd15[0]
-    cases = [
-        ("basicSchedulerSigmas", ["karras", 12, 0.7], comfy.run("BasicScheduler", model=model, scheduler="karras",
-                                                              steps=12, denoise=0.7)[0]),
-        ("karrasSigmas", [25, 0.0291675, 14.614642, 7.0],
-         comfy.run("KarrasScheduler", steps=25, sigma_max=14.614642, sigma_min=0.0291675, rho=7.0)[0]),
-        ("exponentialSigmas", [15, 0.05, 12.0],
-         comfy.run("ExponentialScheduler", steps=15, sigma_max=12.0, sigma_min=0.05)[0]),
-        ("polyexponentialSigmas", [15, 0.05, 12.0, 1.5],
-         comfy.run("PolyexponentialScheduler", steps=15, sigma_max=12.0, sigma_min=0.05, rho=1.5)[0]),
-        ("alignYourStepsSigmas", ["SD1", 16, 0.8],
-         comfy.run("AlignYourStepsScheduler", model_type="SD1", steps=16, denoise=0.8)[0]),
-    ]
-    ours = comfy_page.page.evaluate("""async ([calls, module]) => {
-        const schedule = await import(module);
-        return calls.map(([fn, args]) => schedule[fn](...args));
-    }""", [[[fn, args] for fn, args, _ in cases], comfy_page.extension_url("amdm_schedule.js")])
-    for (fn, _, expected), got in zip(cases, ours):
-        assert np.allclose(got, expected.tolist(), rtol=1e-4, atol=1e-5), fn
-
-
-def test_queue_from_the_page_completes(comfy_page: ComfyPage, comfy_server) -> None:
-    comfy_page.load(load_ui_workflow("amdm_two_members"))
-    shrink_loaded_graph(comfy_page)
+def test_queue_from_the_page_completes(session: FrontendSession) -> None:
+    page, server = session.page, session.server
+    page.load(load_ui_workflow("amdm_two_members"))
+    shrink_loaded_graph(page)
+    # Both members on one checkpoint (one model to load on a fresh server), two steps (the
+    # first aggregated).
+    page.page.evaluate("""(name) => {
+        for (const node of app.graph.nodes) {
+            const set = (widget, value) => {
+                const found = node.widgets?.find((w) => w.name === widget);
+                if (found) found.value = value;
+            };
+            if (node.type === "CheckpointLoaderSimple") set("ckpt_name", name);
+            if (node.type === "AMDMSampler") set("steps", 2);
+        }
+    }""", CHECKPOINT_NAMES[0])
     # A seed no other test uses, so that the server samples instead of replaying its cache.
-    sampler = comfy_page.node_id("AMDMSampler")
-    comfy_page.page.evaluate("([id, seed]) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value = seed; }",
-                             [sampler, time.time_ns() % 2**32])
-    known = set(history(comfy_server.url))
+    sampler = page.node_id("AMDMSampler")
+    page.page.evaluate("([id, seed]) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value = seed; }",
+                       [sampler, time.time_ns() % 2**32])
+    known = set(history(server.url))
 
-    comfy_page.page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    page.page.evaluate("async () => { await app.queuePrompt(0, 1); }")
 
     deadline = time.monotonic() + 600
     new: list[str] = []
     while time.monotonic() < deadline:
-        entries = history(comfy_server.url)
+        entries = history(server.url)
         new = [prompt_id for prompt_id in entries if prompt_id not in known]
         if new and entries[new[0]]["status"].get("completed") is not None:
             break
         time.sleep(1)
     assert len(new) == 1, "the page queued nothing"
-    entry = history(comfy_server.url)[new[0]]
+    entry = history(server.url)[new[0]]
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = saved_images(entry)
     assert len(images) == 1
-    path = Path(comfy_server.output_dir) / images[0]["subfolder"] / images[0]["filename"]
+    path = Path(server.output_dir) / images[0]["subfolder"] / images[0]["filename"]
     with Image.open(path) as image:
         assert image.size == (64, 64)
+
+
+def test_nothing_logged_from_the_pack(session: FrontendSession) -> None:
+    """Every test above ran on this page; none of it made the pack's files log an error or a
+    warning (deprecated frontend APIs included)."""
+    assert session.page.log.from_pack() == []
+
+
+# ---------------------------------------------------------------------- the chart's data
+
+
+def window_cases() -> Iterator[dict]:
+    """Sampler settings spanning every scheduler, denoise < 1, the penultimate-sigma samplers,
+    percent windows and step limits."""
+    from comfy.samplers import KSampler
+
+    windows = [(0.0, 0.4, 0, 0), (0.1, 0.65, 0, 0), (0.0, 1.0, 2, 6), (0.3, 0.31, 0, 0), (0.0, 1.0, 0, 0)]
+    for scheduler in KSampler.SCHEDULERS:
+        for steps, denoise, sampler in ((5, 1.0, "euler"), (20, 0.6, "dpm_2"), (30, 1.0, "uni_pc")):
+            for start, end, start_step, end_step in windows:
+                yield {"sampler": {"scheduler": scheduler, "steps": steps, "denoise": denoise, "sampler_name": sampler},
+                       "schedule": {"start_percent": start, "end_percent": end,
+                                    "start_step": start_step, "end_step": end_step}}
+
+
+def test_chart_route_window_is_the_samplers_window(comfy_server, comfy, pack, sd15, encode) -> None:
+    """The route's sigmas and window against AMDMGuider.window on the sigmas KSampler computes
+    for the target model of a real SD1.5 checkpoint (and with a flow shift applied to it)."""
+    from comfy.samplers import KSampler
+    from comfyui_amdm.amdm_core import Schedule
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    base, clip, _ = sd15
+    conditioning = encode(clip, "a cat")
+    flow = comfy.run("ModelSamplingSD3", model=base, shift=3.0)[0]
+    cases = list(window_cases())
+    mismatches, windows = [], 0
+    for model, chain in ((base, []), (flow, [{"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}}])):
+        members = [Member(model, conditioning, conditioning, 7.0), Member(model, conditioning, conditioning, 7.0)]
+        for case in cases:
+            settings = case["sampler"]
+            sigmas = KSampler(model, steps=settings["steps"], device="cpu", sampler=settings["sampler_name"],
+                              scheduler=settings["scheduler"], denoise=settings["denoise"],
+                              model_options=model.model_options).sigmas
+            expected = AMDMGuider(members, Schedule(**case["schedule"])).window(sigmas)
+            answer = post_chart(comfy_server.url, {"schedule": case["schedule"], "members": [{"weight": 1}] * 2,
+                                                   "model_sampling": chain, "sigmas": {"sampler": settings}})
+            windows += len(expected)
+            if not np.allclose(answer["sigmas"], sigmas.tolist(), rtol=1e-5, atol=1e-6) or \
+                    answer["window"] != [expected.start, expected.stop]:
+                mismatches.append((chain, case, [expected.start, expected.stop], answer["window"]))
+    assert windows > len(cases)
+    assert mismatches == []
+
+
+def test_chart_route_runs_the_sigmas_nodes(comfy_server, comfy, sd15) -> None:
+    """SIGMAS nodes behind AMDMGuider: the route runs ComfyUI's own nodes on the model family."""
+    basic = comfy.run("BasicScheduler", model=sd15.model, scheduler="karras", steps=12, denoise=0.7)[0]
+    expected = comfy.run("SplitSigmas", sigmas=basic, step=3)[0]
+    graph = {"nodes": {"4": {"class_type": "BasicScheduler", "inputs": {"scheduler": "karras", "steps": 12, "denoise": 0.7}},
+                       "7": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["4", 0], "step": 3}}},
+             "output": ["7", 0]}
+    answer = post_chart(comfy_server.url, {"schedule": {"end_percent": 1.0}, "members": [], "sigmas": graph})
+    assert answer["exact"] is True and answer["note"] is None
+    assert np.allclose(answer["sigmas"], expected.tolist(), rtol=1e-5)
+    assert answer["window"] == [0, 3]
+
+    unknown = {"nodes": {"1": {"class_type": "VAEDecode", "inputs": {}}}, "output": ["1", 0]}
+    answer = post_chart(comfy_server.url, {"schedule": {}, "members": [], "sigmas": unknown})
+    assert answer["exact"] is False and "does not produce SIGMAS" in answer["note"]
+
+
+def test_chart_route_shares_are_the_samplers_coefficients(comfy_server, pack) -> None:
+    from comfyui_amdm.amdm_core import member_coefficients, step_weights
+
+    schedule = {"end_percent": 0.5, "aggregation": "paper", "weight_curve": "cosine_decay", "target_member": 2}
+    answer = post_chart(comfy_server.url, {"schedule": schedule, "members": [{"weight": 0.5}, {"weight": 1.0}, {"weight": 2.0}],
+                                           "sigmas": {"sampler": {"steps": 10, "scheduler": "simple"}}})
+    first, stop = answer["window"]
+    assert (first, stop) == (0, 5)
+    weights = step_weights([0.5, 1.0, 2.0], 1, "cosine_decay", stop - first)
+    assert np.allclose(answer["shares"][first:stop], [member_coefficients(row, "paper").tolist() for row in weights])
+    assert answer["shares"][stop:] == [[0.0, 1.0, 0.0]] * (10 - stop)
+    # What the sampler would refuse is the chart's message.
+    refused = post_chart(comfy_server.url, {"schedule": {"start_percent": 0.6, "end_percent": 0.5}, "members": []})
+    assert "end_percent" in refused["problem"] and refused["window"] == [20, 20]
+    assert post_chart(comfy_server.url, {"schedule": {"target_member": 3}, "members": [{"weight": 1}] * 2})["problem"] \
+        == "target_member 3 > 2 member(s)"
 
 
 def test_every_node_has_help_the_frontend_finds(comfy_server) -> None:
@@ -479,3 +664,4 @@ def test_every_node_has_help_the_frontend_finds(comfy_server) -> None:
         inputs = object_info[node_type]["input"]
         for input_name in [*inputs.get("required", {}), *inputs.get("optional", {})]:
             assert f"`{input_name}`" in text, f"{node_type}.md does not describe {input_name}"
+        assert "|---|" not in text, f"{node_type}.md has a table: the side panel cuts its columns"

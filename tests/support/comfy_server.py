@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import comfy_env, fixture_models
 
@@ -38,10 +38,12 @@ class ComfyServer:
 
     ``base_dir/custom_nodes/comfyui-amdm`` -> this repository, ``base_dir/models`` populated
     with the fixture models, and ``input/``, ``output/``, ``temp/``, ``user/``. All of the
-    server's output goes to ``log_path``.
+    server's output goes to ``log_path``. ``extra_args`` are appended to ComfyUI's command
+    line (``--front-end-root <dir>`` serves another frontend).
     """
 
-    def __init__(self, base_dir: Path, log_path: Path, port: int | None = None) -> None:
+    def __init__(self, base_dir: Path, log_path: Path, port: int | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         self.base_dir = Path(base_dir)
         self.log_path = Path(log_path)
         self.port = port or _free_port()
@@ -51,6 +53,7 @@ class ComfyServer:
         self.input_dir = self.base_dir / "input"
         self.output_dir = self.base_dir / "output"
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
+        self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen | None = None
         self._log_handle = None
         self._object_info: dict | None = None
@@ -75,6 +78,7 @@ class ComfyServer:
             # API nodes call out to api.comfy.org when used; nothing here may touch the network.
             "--disable-api-nodes",
             "--disable-auto-launch",
+            *self.extra_args,
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_path, "w", encoding="utf-8")

@@ -1,36 +1,46 @@
-// AMDM graph view: draws the aggregation window and every member's share per step on the
-// AggregationSchedule node, and marks each ModelStack node with its member number, name
-// and colour. Everything is recomputed from the live graph at draw time, so widget edits
-// and new connections show up on the next frame.
+// AMDM graph view, for both of ComfyUI's renderers (the classic LiteGraph canvas and Vue nodes):
+// - AggregationSchedule gets a chart widget: the aggregation window over the sampler's real
+//   steps and every member's share of the merged latent at each step;
+// - ModelStack nodes show their member number, name and colour, the target starred.
+//
+// What the chart shows is computed by the server (nodes/routes.py) with the code the sampler
+// runs, from a description of the graph around the schedule node; this file only reads the
+// graph and draws. Widgets with a `draw` function are drawn by LiteGraph on the classic canvas
+// and by the Vue renderer into a canvas of their own, so one drawing serves both.
 import { app } from "../../../scripts/app.js";
-import {
-  alignYourStepsSigmas,
-  basicSchedulerSigmas,
-  curveFactor,
-  exponentialSigmas,
-  karrasSigmas,
-  ksamplerSigmas,
-  memberShares,
-  polyexponentialSigmas,
-  windowSteps,
-} from "./amdm_schedule.js";
+import { api } from "../../../scripts/api.js";
 
 const MEMBER_COLORS = ["#f0a04b", "#4fb3f0", "#7ccf6f", "#ef6fa0", "#b58cf0", "#e8d75a", "#4fd1c1", "#ff8a65"];
 const WINDOW_COLOR = "#f0d050";
-const DEFAULT_STEPS = 20;
-const DEFAULT_SCHEDULER = "simple";
-const CHART_MIN_HEIGHT = 240;
+const CHART_ROUTE = "/amdm/chart";
+const CHART_WIDGET = "amdm_chart";
+const BADGE_WIDGET = "amdm_member";
+const CHART_HEIGHT = 240;
 const CHART_MIN_WIDTH = 320;
+const BADGE_ROW_HEIGHT = 22;
 const MAX_LEGEND_MEMBERS = 4;
 const CONSUMER_TYPES = new Set(["AMDMSampler", "AMDMGuider"]);
+const SAMPLER_WIDGETS = ["steps", "scheduler", "sampler_name", "denoise"];
 
 export function memberColor(index) {
   return MEMBER_COLORS[index % MEMBER_COLORS.length];
 }
 
+// ------------------------------------------------------------------ reading the graph
+
 function widgetValue(node, name, fallback) {
   const widget = node?.widgets?.find((w) => w.name === name);
   return widget === undefined || widget.value === undefined || widget.value === null ? fallback : widget.value;
+}
+
+/** A node's widget values by name, without the widgets that are not node inputs (ours). */
+function widgetValues(node) {
+  const values = {};
+  for (const widget of node.widgets ?? []) {
+    if (widget.serialize === false || widget.name === undefined) continue;
+    values[widget.name] = widget.value;
+  }
+  return values;
 }
 
 /** The node and output slot feeding the named input, looking through legacy Reroute nodes. */
@@ -49,20 +59,32 @@ function inputSource(node, inputName) {
   return null;
 }
 
-/** Every (node, input name) an output slot feeds. */
-function outputTargets(node, slot) {
+/** Every (node, input name) an output slot feeds, read from the targets' input links. */
+function outputTargets(node, slot, depth = 0) {
   const targets = [];
-  for (const linkId of node.outputs?.[slot]?.links ?? []) {
-    const link = node.graph.getLink(linkId);
-    const target = link && node.graph.getNodeById(link.target_id);
-    if (!target) continue;
-    if (target.type === "Reroute") {
-      targets.push(...outputTargets(target, 0));
-    } else {
-      targets.push({ node: target, inputName: target.inputs?.[link.target_slot]?.name });
-    }
+  if (depth > 32) return targets;
+  for (const target of new Set(node.getOutputNodes(slot) ?? [])) {
+    (target.inputs ?? []).forEach((input, index) => {
+      const link = target.getInputLink(index);
+      if (!link || link.origin_id !== node.id || link.origin_slot !== slot) return;
+      if (target.type === "Reroute") targets.push(...outputTargets(target, 0, depth + 1));
+      else targets.push({ node: target, inputName: input.name });
+    });
   }
   return targets;
+}
+
+/** The ModelStack nodes of the chain ending in `node`'s stack input, first member first. */
+function stackNodesFeeding(node) {
+  const stack = [];
+  const seen = new Set();
+  let source = inputSource(node, "stack");
+  while (source && source.node.type === "ModelStack" && !seen.has(source.node.id)) {
+    seen.add(source.node.id);
+    stack.unshift(source.node);
+    source = inputSource(source.node, "stack");
+  }
+  return stack;
 }
 
 function readMember(stackNode) {
@@ -71,19 +93,6 @@ function readMember(stackNode) {
     weight: Number(widgetValue(stackNode, "weight", 1.0)),
     deviation: Number(widgetValue(stackNode, "deviation", 1.0)),
   };
-}
-
-/** Members of the chain ending in `node`'s stack input, first member first. */
-function membersFeeding(node) {
-  const members = [];
-  const seen = new Set();
-  let source = inputSource(node, "stack");
-  while (source && source.node.type === "ModelStack" && !seen.has(source.node.id)) {
-    seen.add(source.node.id);
-    members.unshift(readMember(source.node));
-    source = inputSource(source.node, "stack");
-  }
-  return members;
 }
 
 /** Walks forward from a ModelStack to the sampler or guider its chain ends in. */
@@ -100,127 +109,11 @@ function chainConsumer(stackNode) {
   return null;
 }
 
-/** Sigmas produced by a SIGMAS output, for the core scheduler nodes; null if unknown. */
-function sigmasFrom(source, depth = 0) {
-  if (!source || depth > 16) return null;
-  const { node, slot } = source;
-  const w = (name, fallback) => widgetValue(node, name, fallback);
-  switch (node.type) {
-    case "BasicScheduler":
-      return basicSchedulerSigmas(w("scheduler", "normal"), w("steps", DEFAULT_STEPS), w("denoise", 1.0));
-    case "KarrasScheduler":
-      return karrasSigmas(w("steps", DEFAULT_STEPS), w("sigma_min", 0.0291675), w("sigma_max", 14.614642), w("rho", 7.0));
-    case "ExponentialScheduler":
-      return exponentialSigmas(w("steps", DEFAULT_STEPS), w("sigma_min", 0.0291675), w("sigma_max", 14.614642));
-    case "PolyexponentialScheduler":
-      return polyexponentialSigmas(w("steps", DEFAULT_STEPS), w("sigma_min", 0.0291675), w("sigma_max", 14.614642), w("rho", 1.0));
-    case "AlignYourStepsScheduler":
-      return alignYourStepsSigmas(w("model_type", "SD1"), w("steps", 10), w("denoise", 1.0));
-    case "SplitSigmas": {
-      const parent = sigmasFrom(inputSource(node, "sigmas"), depth + 1);
-      if (!parent) return null;
-      const step = w("step", 0);
-      return slot === 0 ? parent.slice(0, step + 1) : parent.slice(step);
-    }
-    case "SplitSigmasDenoise": {
-      const parent = sigmasFrom(inputSource(node, "sigmas"), depth + 1);
-      if (!parent) return null;
-      const total = Math.round(Math.max(parent.length - 1, 0) * w("denoise", 1.0));
-      return slot === 0 ? parent.slice(0, parent.length - total) : parent.slice(-(total + 1));
-    }
-    default:
-      return null;
-  }
-}
-
-/** The sigmas the consumer of a schedule samples with, and whether they are exact. */
-function consumerSigmas(consumer) {
-  if (consumer?.type === "AMDMSampler") {
-    return {
-      sigmas: ksamplerSigmas(
-        widgetValue(consumer, "scheduler", DEFAULT_SCHEDULER),
-        widgetValue(consumer, "steps", DEFAULT_STEPS),
-        widgetValue(consumer, "denoise", 1.0),
-        widgetValue(consumer, "sampler_name", ""),
-      ),
-      exact: true,
-    };
-  }
-  if (consumer?.type === "AMDMGuider") {
-    for (const target of outputTargets(consumer, 0)) {
-      if (target.node.type !== "SamplerCustomAdvanced") continue;
-      const sigmas = sigmasFrom(inputSource(target.node, "sigmas"));
-      if (sigmas) return { sigmas, exact: true };
-    }
-  }
-  return { sigmas: ksamplerSigmas(DEFAULT_SCHEDULER, DEFAULT_STEPS), exact: false };
-}
-
-function readSchedule(node) {
-  return {
-    start_percent: Number(widgetValue(node, "start_percent", 0.0)),
-    end_percent: Number(widgetValue(node, "end_percent", 0.4)),
-    aggregation: widgetValue(node, "aggregation", "linear"),
-    weight_curve: widgetValue(node, "weight_curve", "constant"),
-    deviation_mode: widgetValue(node, "deviation_mode", "none"),
-    deviation_strength: Number(widgetValue(node, "deviation_strength", 0.0)),
-    target_member: Number(widgetValue(node, "target_member", 1)),
-    start_step: Number(widgetValue(node, "start_step", 0)),
-    end_step: Number(widgetValue(node, "end_step", 10000)),
-  };
-}
-
-/** What the AMDM nodes would reject about this schedule, in words; null if nothing. */
-function scheduleProblem(schedule, memberCount) {
-  if (schedule.end_percent <= schedule.start_percent) return "end_percent must be greater than start_percent";
-  if (schedule.end_step <= schedule.start_step) return "end_step must be greater than start_step";
-  if (schedule.deviation_mode === "relative" && schedule.deviation_strength > 1) {
-    return "relative deviation_strength must be at most 1";
-  }
-  if (memberCount !== null && schedule.target_member > memberCount) {
-    return `target_member ${schedule.target_member} > ${memberCount} member(s)`;
-  }
-  return null;
-}
-
-/** Everything the schedule chart shows, derived from the graph around the schedule node. */
-export function scheduleView(scheduleNode) {
-  const schedule = readSchedule(scheduleNode);
-  const consumer = outputTargets(scheduleNode, 0)
+function scheduleConsumer(scheduleNode) {
+  return outputTargets(scheduleNode, 0)
     .filter((t) => t.inputName === "schedule")
     .map((t) => t.node)
     .find((n) => CONSUMER_TYPES.has(n.type)) ?? null;
-  const { sigmas, exact } = consumerSigmas(consumer);
-  const stepCount = Math.max(sigmas.length - 1, 0);
-  const inWindow = windowSteps(sigmas, schedule);
-  let members = consumer ? membersFeeding(consumer) : [];
-  const connected = members.length > 0;
-  let targetIndex = schedule.target_member - 1;
-  let problem = scheduleProblem(schedule, connected ? members.length : null);
-  if (!problem && connected && members.length < 2) problem = "a single member samples alone";
-  if (!connected) {
-    // Without a stack: the target's curve against the factor applied to all others.
-    members = [
-      { name: "target", weight: 1, deviation: 1 },
-      { name: "others (weight factor)", weight: 1, deviation: 1 },
-    ];
-    targetIndex = 0;
-  } else if (targetIndex >= members.length) {
-    targetIndex = 0;
-  }
-  if (problem) inWindow.length = 0;
-  let shares;
-  if (connected) {
-    shares = memberShares(stepCount, inWindow, members, targetIndex, schedule);
-  } else {
-    // The factor itself rather than shares, so the curve's shape reads directly.
-    const position = new Map(inWindow.map((k, j) => [k, j]));
-    shares = Array.from({ length: stepCount }, (_, k) => [
-      1,
-      position.has(k) ? curveFactor(schedule.weight_curve, position.get(k), inWindow.length) : 0,
-    ]);
-  }
-  return { schedule, sigmas, stepCount, inWindow, members, targetIndex, shares, connected, exact, problem };
 }
 
 /** Member number, chain length, and target flag for a ModelStack node. */
@@ -234,11 +127,174 @@ export function memberInfo(stackNode) {
     source = inputSource(source.node, "stack");
   }
   const consumer = chainConsumer(stackNode);
-  const total = consumer ? membersFeeding(consumer).length : null;
+  const total = consumer ? stackNodesFeeding(consumer).length : null;
   const scheduleSource = consumer ? inputSource(consumer, "schedule") : null;
   const targetMember = scheduleSource ? Number(widgetValue(scheduleSource.node, "target_member", 1)) : 1;
   return { index, total, isTarget: index === targetMember - 1 };
 }
+
+/** ModelSampling* nodes between a member's loader and its ModelStack, loader side first. */
+function modelSamplingChain(stackNode) {
+  const chain = [];
+  const seen = new Set();
+  let source = inputSource(stackNode, "model");
+  while (source && !seen.has(source.node.id)) {
+    const node = source.node;
+    seen.add(node.id);
+    if (node.type?.startsWith("ModelSampling")) chain.unshift({ class_type: node.type, inputs: widgetValues(node) });
+    const modelInput = node.inputs?.find((input) => input.type === "MODEL");
+    source = modelInput ? inputSource(node, modelInput.name) : null;
+  }
+  return chain;
+}
+
+/** The SIGMAS nodes feeding `source`, as an API-format graph with links as [id, slot]. */
+function sigmasGraph(source) {
+  const graph = {};
+  const visit = (node, depth) => {
+    const id = String(node.id);
+    if (graph[id] || depth > 32) return;
+    const inputs = widgetValues(node);
+    graph[id] = { class_type: node.type, inputs };
+    for (const input of node.inputs ?? []) {
+      if (input.type !== "SIGMAS") continue;
+      const upstream = inputSource(node, input.name);
+      if (!upstream) continue;
+      inputs[input.name] = [String(upstream.node.id), upstream.slot];
+      visit(upstream.node, depth + 1);
+    }
+  };
+  visit(source.node, 0);
+  return { nodes: graph, output: [String(source.node.id), source.slot] };
+}
+
+/** Where the consumer's sigmas come from, in the chart route's terms; null if unknown. */
+function sigmasSource(consumer) {
+  if (consumer?.type === "AMDMSampler") {
+    return { sampler: Object.fromEntries(SAMPLER_WIDGETS.map((name) => [name, widgetValue(consumer, name)])) };
+  }
+  if (consumer?.type === "AMDMGuider") {
+    for (const target of outputTargets(consumer, 0)) {
+      if (target.node.type !== "SamplerCustomAdvanced") continue;
+      const source = inputSource(target.node, "sigmas");
+      if (source) return sigmasGraph(source);
+    }
+  }
+  return null;
+}
+
+/**
+ * What the chart route needs to know about a schedule node's graph (`body`), and the members
+ * as the legend names them.
+ */
+export function chartRequest(scheduleNode) {
+  const consumer = scheduleConsumer(scheduleNode);
+  const stack = consumer ? stackNodesFeeding(consumer) : [];
+  const schedule = widgetValues(scheduleNode);
+  const target = stack[Number(schedule.target_member ?? 1) - 1] ?? stack[0];
+  const body = {
+    schedule,
+    members: stack.map((node) => ({ weight: readMember(node).weight })),
+    model_sampling: target ? modelSamplingChain(target) : [],
+    sigmas: sigmasSource(consumer),
+  };
+  return { body, legend: stack.map(readMember) };
+}
+
+// ------------------------------------------------------------------ the chart's data
+
+/** Per schedule node: the last request sent, and the route's answer with its request. */
+const chartStates = new WeakMap();
+
+function chartState(node) {
+  let state = chartStates.get(node);
+  if (!state) {
+    state = { key: null, answered: null, data: null, error: null };
+    chartStates.set(node, state);
+  }
+  return state;
+}
+
+/** Redraws a node in whichever renderer shows it. */
+function redraw(node) {
+  for (const widget of node.widgets ?? []) {
+    if (widget.name === CHART_WIDGET || widget.name === BADGE_WIDGET) widget.triggerDraw?.();
+  }
+  node.graph?.setDirtyCanvas(true, true);
+}
+
+/** Asks the route again when the graph around the schedule node changed; redraws on answer. */
+function refreshChart(node) {
+  let request;
+  try {
+    request = chartRequest(node);
+  } catch (error) {
+    reportOnce(node, "read the graph around", error);
+    return;
+  }
+  const key = JSON.stringify(request.body);
+  const state = chartState(node);
+  if (key === state.key) return;
+  state.key = key;
+  api.fetchApi(CHART_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" }, body: key })
+    .then(async (response) => {
+      const answer = await response.json();
+      if (state.key !== key) return;
+      state.answered = request;
+      state.data = response.ok ? answer : null;
+      state.error = response.ok ? null : answer.error ?? `HTTP ${response.status}`;
+    })
+    .catch((error) => {
+      if (state.key !== key) return;
+      state.data = null;
+      state.error = String(error);
+    })
+    .finally(() => {
+      if (state.key === key) redraw(node);
+    });
+}
+
+/** The chart's data, or null while the first answer is on its way. */
+export function scheduleView(node) {
+  const state = chartState(node);
+  if (!state.data) return state.error ? { error: state.error } : null;
+  const { data, answered } = state;
+  const legend = answered.legend;
+  const [first, stop] = data.window;
+  const inWindow = Array.from({ length: stop - first }, (_, j) => first + j);
+  const connected = legend.length > 0;
+  let members = legend;
+  let shares = data.shares;
+  const schedule = answered.body.schedule;
+  let targetIndex = Number(schedule.target_member ?? 1) - 1;
+  if (!connected || targetIndex >= legend.length) targetIndex = 0;
+  if (!connected) {
+    // Without a stack: the target's weight against the factor applied to all others.
+    members = [
+      { name: "target", weight: 1, deviation: 1 },
+      { name: "others (weight factor)", weight: 1, deviation: 1 },
+    ];
+    shares = Array.from({ length: data.steps }, (_, k) => [1, k >= first && k < stop ? data.factors[k - first] : 0]);
+  } else if (!shares.length) {
+    shares = Array.from({ length: data.steps }, () => legend.map((_, m) => (m === targetIndex ? 1 : 0)));
+  }
+  return {
+    request: answered.body,
+    schedule,
+    stepCount: data.steps,
+    inWindow,
+    members,
+    targetIndex,
+    shares,
+    connected,
+    exact: data.exact,
+    family: data.family,
+    note: data.note,
+    problem: data.problem,
+  };
+}
+
+// ------------------------------------------------------------------ drawing
 
 function fitText(ctx, text, maxWidth) {
   if (ctx.measureText(text).width <= maxWidth) return text;
@@ -247,60 +303,63 @@ function fitText(ctx, text, maxWidth) {
   return cut + "…";
 }
 
-function widgetsBottom(node) {
-  let bottom = 0;
-  for (const widget of node.widgets ?? []) {
-    if (widget.y === undefined) continue;
-    bottom = Math.max(bottom, widget.y + (widget.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT + 4));
-  }
-  return bottom;
-}
-
 function formatNumber(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(2).replace(/0$/, "");
 }
 
-function drawScheduleChart(node, ctx) {
+/** Step indices to label under the columns: first, window start and end, last; no overlaps. */
+function axisSteps(stepCount, inWindow, stepWidth) {
+  const wanted = [0, inWindow[0], inWindow[inWindow.length - 1], stepCount - 1]
+    .filter((k) => k !== undefined && k >= 0 && k < stepCount);
+  const priority = [...new Set([inWindow[0], inWindow[inWindow.length - 1], ...wanted])].filter((k) => wanted.includes(k));
+  const chosen = [];
+  for (const k of priority) {
+    if (chosen.every((c) => Math.abs(c - k) * stepWidth >= 18)) chosen.push(k);
+  }
+  return chosen;
+}
+
+/** The schedule chart inside the rectangle (x, y, width, height) of the node's coordinates. */
+function drawScheduleChart(ctx, node, x, y, width, height) {
+  refreshChart(node);
   const view = scheduleView(node);
-  const margin = 10;
-  const top = Math.max(widgetsBottom(node) + 6, node.size[1] - CHART_MIN_HEIGHT);
-  const left = margin;
-  const width = node.size[0] - 2 * margin;
-  const height = node.size[1] - top - 6;
   if (width < 60 || height < 60) return;
 
   ctx.save();
   ctx.fillStyle = "rgba(0,0,0,0.25)";
   ctx.beginPath();
-  ctx.roundRect(left, top, width, height, 4);
+  ctx.roundRect(x, y, width, height, 4);
   ctx.fill();
-
-  const { inWindow, stepCount, schedule } = view;
   ctx.font = "11px Arial";
   ctx.textBaseline = "top";
   ctx.textAlign = "left";
+  if (!view || view.error) {
+    ctx.fillStyle = view ? "#f08c6c" : "#aaa";
+    ctx.fillText(fitText(ctx, view ? `chart unavailable: ${view.error}` : "computing the window…", width - 8), x + 4, y + 4);
+    ctx.restore();
+    return;
+  }
+
+  const { inWindow, stepCount, schedule } = view;
   const approx = view.exact ? "" : "≈";
   const header = inWindow.length
     ? `window ${approx}steps ${inWindow[0]}–${inWindow[inWindow.length - 1]} (${inWindow.length} of ${stepCount})`
     : `window empty (0 of ${approx}${stepCount} steps)`;
   ctx.fillStyle = inWindow.length ? "#ddd" : "#f08c6c";
-  ctx.fillText(fitText(ctx, header, width - 8), left + 4, top + 4);
-  let detail = view.connected ? `share per step · ${schedule.aggregation}` : "no stack: weight factor";
+  ctx.fillText(fitText(ctx, header, width - 8), x + 4, y + 4);
+  let detail = view.connected ? schedule.aggregation : "no stack: weight factor";
   detail += ` · ${schedule.weight_curve}`;
   if (schedule.deviation_mode === "relative") detail += ` · deviation r=${formatNumber(schedule.deviation_strength)}`;
   else if (schedule.deviation_mode === "absolute") detail += ` · deviation p=${formatNumber(schedule.deviation_strength)}`;
+  detail += ` · ${view.family}`;
   ctx.fillStyle = "#aaa";
-  ctx.fillText(fitText(ctx, detail, width - 8), left + 4, top + 18);
+  ctx.fillText(fitText(ctx, detail, width - 8), x + 4, y + 18);
 
   const legendMembers = view.members.slice(0, MAX_LEGEND_MEMBERS);
   const hiddenMembers = view.members.length - legendMembers.length;
-  const legendHeight = (legendMembers.length + (view.problem || hiddenMembers ? 1 : 0)) * 13 + 4;
-  const plot = {
-    x: left + 26,
-    y: top + 42,
-    w: width - 34,
-    h: Math.max(30, height - 42 - 16 - legendHeight),
-  };
+  const message = view.problem ?? view.note;
+  const legendHeight = (legendMembers.length + (message || hiddenMembers ? 1 : 0)) * 13 + 4;
+  const plot = { x: x + 26, y: y + 42, w: width - 34, h: Math.max(30, height - 42 - 18 - legendHeight) };
   const stepWidth = stepCount > 0 ? plot.w / stepCount : plot.w;
   const columnTotals = view.shares.map((row) => row.reduce((sum, share) => sum + share, 0));
   // Rounded so that shares summing to 1 up to float error keep the axis at exactly 1.
@@ -312,8 +371,7 @@ function drawScheduleChart(node, ctx) {
   if (inWindow.length) {
     // A bracket above the columns: the window's extent, readable even where columns fill it.
     ctx.fillStyle = WINDOW_COLOR;
-    const x0 = plot.x + inWindow[0] * stepWidth;
-    ctx.fillRect(x0, plot.y - 5, inWindow.length * stepWidth, 3);
+    ctx.fillRect(plot.x + inWindow[0] * stepWidth, plot.y - 5, inWindow.length * stepWidth, 3);
   }
 
   ctx.strokeStyle = "#777";
@@ -323,24 +381,29 @@ function drawScheduleChart(node, ctx) {
   ctx.lineTo(plot.x, plot.y + plot.h);
   ctx.lineTo(plot.x + plot.w, plot.y + plot.h);
   ctx.stroke();
-  ctx.fillStyle = "#999";
   ctx.font = "9px Arial";
+  ctx.fillStyle = "#999";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
   ctx.fillText(formatNumber(yMax), plot.x - 4, plot.y);
   ctx.fillText("0", plot.x - 4, plot.y + plot.h);
+  // Step indices (0-based, as start_step / end_step count them) under their columns.
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  for (const step of [0, Math.round(stepCount / 2), stepCount]) {
-    ctx.fillText(String(step), plot.x + step * stepWidth, plot.y + plot.h + 3);
+  ctx.fillText("step", plot.x - 13, plot.y + plot.h + 4);
+  for (const k of axisSteps(stepCount, inWindow, stepWidth)) {
+    const centre = plot.x + (k + 0.5) * stepWidth;
+    ctx.fillStyle = inWindow.includes(k) ? WINDOW_COLOR : "#999";
+    ctx.fillRect(centre - 0.5, plot.y + plot.h, 1, 3);
+    ctx.fillText(String(k), centre, plot.y + plot.h + 4);
   }
 
   if (view.connected) {
     // Stacked columns: each member's share of the merged latent at that step. The paper's
     // L2-normalised weights can add up to more than one; the axis grows to show it.
+    const order = [view.targetIndex, ...view.members.keys()].filter((m, i, all) => all.indexOf(m) === i);
     for (let k = 0; k < stepCount; k++) {
       let base = 0;
-      const order = [view.targetIndex, ...view.members.keys()].filter((m, i, all) => all.indexOf(m) === i);
       for (const m of order) {
         const share = view.shares[k][m];
         if (share <= 0) continue;
@@ -358,11 +421,11 @@ function drawScheduleChart(node, ctx) {
       ctx.lineWidth = m === 0 ? 2.5 : 1.5;
       ctx.beginPath();
       for (let k = 0; k < stepCount; k++) {
-        const y = yOf(view.shares[k][m]);
+        const yk = yOf(view.shares[k][m]);
         const x0 = plot.x + k * stepWidth;
-        if (k === 0) ctx.moveTo(x0, y);
-        else ctx.lineTo(x0, y);
-        ctx.lineTo(x0 + stepWidth, y);
+        if (k === 0) ctx.moveTo(x0, yk);
+        else ctx.lineTo(x0, yk);
+        ctx.lineTo(x0 + stepWidth, yk);
       }
       ctx.stroke();
     });
@@ -371,102 +434,177 @@ function drawScheduleChart(node, ctx) {
   if (schedule.deviation_mode === "relative" && inWindow.length) {
     ctx.setLineDash([3, 3]);
     ctx.strokeStyle = "rgba(255,255,255,0.6)";
-    const y = yOf(schedule.deviation_strength);
+    const yr = yOf(schedule.deviation_strength);
+    const xEnd = plot.x + (inWindow[inWindow.length - 1] + 1) * stepWidth;
     ctx.beginPath();
-    ctx.moveTo(plot.x + inWindow[0] * stepWidth, y);
-    ctx.lineTo(plot.x + (inWindow[inWindow.length - 1] + 1) * stepWidth, y);
+    ctx.moveTo(plot.x + inWindow[0] * stepWidth, yr);
+    ctx.lineTo(xEnd, yr);
     ctx.stroke();
     ctx.setLineDash([]);
     ctx.fillStyle = "#eee";
     ctx.textAlign = "left";
     ctx.textBaseline = "bottom";
-    ctx.fillText("r", plot.x + (inWindow[inWindow.length - 1] + 1) * stepWidth + 2, y + 4);
+    ctx.fillText("r", xEnd + 2, yr + 4);
   }
 
   ctx.font = "10px Arial";
   ctx.textAlign = "left";
   ctx.textBaseline = "top";
-  let legendY = plot.y + plot.h + 15;
+  let legendY = plot.y + plot.h + 18;
   legendMembers.forEach((member, m) => {
     ctx.fillStyle = view.connected || m === 0 ? memberColor(m) : "#bbb";
-    ctx.fillRect(left + 6, legendY + 2, 8, 8);
+    ctx.fillRect(x + 6, legendY + 2, 8, 8);
     ctx.fillStyle = "#ccc";
-    let label;
+    let label = member.name;
     if (view.connected) {
       label = `#${m + 1}${member.name ? " " + member.name : ""}${m === view.targetIndex ? " (target)" : ""}`;
       label += ` · w ${formatNumber(member.weight)}`;
       if (schedule.deviation_mode !== "none") {
         const strength = schedule.deviation_strength * member.deviation;
-        label += schedule.deviation_mode === "relative"
-          ? ` · r ${formatNumber(strength)}`
-          : ` · p ${formatNumber(strength)}`;
+        label += ` · ${schedule.deviation_mode === "relative" ? "r" : "p"} ${formatNumber(strength)}`;
       }
-    } else {
-      label = member.name;
     }
-    ctx.fillText(fitText(ctx, label, width - 24), left + 18, legendY);
+    ctx.fillText(fitText(ctx, label, width - 24), x + 18, legendY);
     legendY += 13;
   });
-  if (hiddenMembers && !view.problem) {
-    ctx.fillText(`+${hiddenMembers} more`, left + 18, legendY);
-  }
-  if (view.problem) {
-    ctx.fillStyle = "#f08c6c";
-    ctx.fillText(fitText(ctx, view.problem, width - 12), left + 6, legendY);
+  if (message) {
+    ctx.fillStyle = view.problem ? "#f08c6c" : "#aaa";
+    ctx.fillText(fitText(ctx, message, width - 12), x + 6, legendY);
+  } else if (hiddenMembers) {
+    ctx.fillText(`+${hiddenMembers} more`, x + 18, legendY);
   }
   ctx.restore();
 }
 
-function drawMemberBadge(node, ctx) {
+function badgeLabel(node) {
   const info = memberInfo(node);
-  const color = memberColor(info.index);
   const name = String(widgetValue(node, "name", "") ?? "");
-  const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
   let label = `#${info.index + 1}${info.total ? "/" + info.total : ""}`;
   if (name) label += ` ${name}`;
   if (info.isTarget) label += " ★";
+  return { label, color: memberColor(info.index) };
+}
 
+/** A rounded pill in the member's colour, right-aligned at `right`. */
+function drawPill(ctx, label, color, right, y, height, maxWidth) {
   ctx.save();
   ctx.font = "bold 11px Arial";
-  const maxWidth = Math.max(40, node.size[0] * 0.45);
-  label = fitText(ctx, label, maxWidth - 12);
-  const badgeWidth = ctx.measureText(label).width + 12;
-  const x = node.size[0] - badgeWidth - 8;
-  const y = -titleHeight + 5;
+  const text = fitText(ctx, label, maxWidth - 12);
+  const pillWidth = ctx.measureText(text).width + 12;
+  const x = right - pillWidth;
   ctx.fillStyle = color;
   ctx.beginPath();
-  ctx.roundRect(x, y, badgeWidth, titleHeight - 10, 6);
+  ctx.roundRect(x, y, pillWidth, height, 6);
   ctx.fill();
   ctx.fillStyle = "#111";
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
-  ctx.fillText(label, x + 6, y + (titleHeight - 10) / 2 + 1);
+  ctx.fillText(text, x + 6, y + height / 2 + 1);
+  ctx.restore();
+}
+
+/** Classic canvas: the badge in the title bar and a coloured left edge. */
+function drawMemberTitle(node, ctx) {
+  const { label, color } = badgeLabel(node);
+  const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
+  drawPill(ctx, label, color, node.size[0] - 8, -titleHeight + 5, titleHeight - 10, Math.max(40, node.size[0] * 0.45));
   // A coloured edge so members stay recognisable when the title is off screen.
+  ctx.save();
   ctx.fillStyle = color;
   ctx.fillRect(0, 0, 3, node.size[1]);
   ctx.restore();
 }
 
-/** Draws with `draw`, reporting a failure once per node instead of on every frame. */
-function guardedDraw(node, ctx, draw) {
+/** Logs a failure once per node instead of on every frame. */
+function reportOnce(node, what, error) {
+  if (node.amdmFailed) return;
+  node.amdmFailed = true;
+  console.error(`AMDM: could not ${what} ${node.type} #${node.id}`, error);
+}
+
+/** Runs a drawing of an expanded node; a failure is logged, never thrown into the renderer. */
+function guarded(node, draw) {
   if (node.flags?.collapsed) return;
   try {
-    draw(node, ctx);
+    draw();
   } catch (error) {
-    if (!node.amdmDrawFailed) {
-      node.amdmDrawFailed = true;
-      console.error(`AMDM: could not draw ${node.type} #${node.id}`, error);
-    }
+    reportOnce(node, "draw", error);
   }
 }
 
-/** Redraw the whole canvas when a widget changes: other nodes' drawings depend on it. */
-function redrawOnWidgetChange(node) {
+// ------------------------------------------------------------------ widgets
+
+/**
+ * The chart: a widget of fixed height, drawn by either renderer. (A widget that grows with
+ * the node would grow without end under Vue nodes, which size the node to its widgets.)
+ */
+function addChartWidget(node) {
+  node.addCustomWidget({
+    name: CHART_WIDGET,
+    type: CHART_WIDGET,
+    value: null,
+    serialize: false,
+    // hideInPanel: the side panel would bind a second copy, and a widget redraws only one.
+    options: { serialize: false, hideInPanel: true },
+    computeSize: (width) => [width ?? CHART_MIN_WIDTH, CHART_HEIGHT],
+    draw(ctx, drawnNode, width, y) {
+      guarded(drawnNode, () => drawScheduleChart(ctx, drawnNode, 10, y, width - 20, CHART_HEIGHT));
+    },
+  });
+}
+
+/** The member badge as a widget row, for the Vue renderer, which draws no titles of ours. */
+function addBadgeWidget(node) {
+  node.addCustomWidget({
+    name: BADGE_WIDGET,
+    type: BADGE_WIDGET,
+    value: null,
+    serialize: false,
+    // hideInPanel: the side panel would bind a second copy, and a widget redraws only one.
+    options: { serialize: false, hideInPanel: true },
+    // On the classic canvas the title carries the badge, so the row takes no space there.
+    computeSize: (width) => [width ?? 0, LiteGraph.vueNodesMode ? BADGE_ROW_HEIGHT : -4],
+    draw(ctx, drawnNode, width, y) {
+      if (!LiteGraph.vueNodesMode) return;
+      guarded(drawnNode, () => {
+        const { label, color } = badgeLabel(drawnNode);
+        ctx.save();
+        ctx.fillStyle = color;
+        ctx.fillRect(0, y + 2, 4, BADGE_ROW_HEIGHT - 4);
+        ctx.restore();
+        drawPill(ctx, label, color, width - 10, y + 2, BADGE_ROW_HEIGHT - 4, width - 24);
+      });
+    },
+  });
+}
+
+let refreshQueued = false;
+
+/** Brings every chart and badge of the shown graph up to date with it, once per task. */
+function refreshGraphView() {
+  if (refreshQueued) return;
+  refreshQueued = true;
+  queueMicrotask(() => {
+    refreshQueued = false;
+    const graph = app.canvas?.graph ?? app.graph;
+    for (const node of graph?.nodes ?? []) {
+      if (node.type === "AggregationSchedule") refreshChart(node);
+      if (node.type === "AggregationSchedule" || node.type === "ModelStack") redraw(node);
+    }
+  });
+}
+
+/**
+ * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS nodes'
+ * and the ModelSampling nodes' widgets. Both renderers call a widget's callback on an edit;
+ * the Vue renderer draws our widgets only when asked.
+ */
+function refreshOnWidgetChange(node) {
   for (const widget of node.widgets ?? []) {
     const original = widget.callback;
     widget.callback = function (...args) {
       const result = original?.apply(this, args);
-      node.graph?.setDirtyCanvas(true, true);
+      refreshGraphView();
       return result;
     };
   }
@@ -474,6 +612,13 @@ function redrawOnWidgetChange(node) {
 
 app.registerExtension({
   name: "comfyui-amdm.GraphView",
+  setup() {
+    // The workflow's change tracker: links, undo, pasted nodes.
+    api.addEventListener("graphChanged", refreshGraphView);
+  },
+  nodeCreated(node) {
+    refreshOnWidgetChange(node);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== "AggregationSchedule" && nodeData.name !== "ModelStack") return;
     const isSchedule = nodeData.name === "AggregationSchedule";
@@ -481,32 +626,29 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = onNodeCreated?.apply(this, args);
-      redrawOnWidgetChange(this);
-      if (isSchedule) this.setSize(this.computeSize());
+      if (isSchedule) {
+        addChartWidget(this);
+        const [width, height] = this.computeSize();
+        this.setSize([Math.max(width, CHART_MIN_WIDTH), height]);
+      } else {
+        addBadgeWidget(this);
+      }
       return result;
     };
 
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function (...args) {
       const result = onConnectionsChange?.apply(this, args);
-      this.graph?.setDirtyCanvas(true, true);
+      if (this.graph) refreshGraphView();
       return result;
     };
 
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
-      const result = onDrawForeground?.apply(this, [ctx, ...rest]);
-      guardedDraw(this, ctx, isSchedule ? drawScheduleChart : drawMemberBadge);
-      return result;
-    };
-
-    if (isSchedule) {
-      const computeSize = nodeType.prototype.computeSize;
-      nodeType.prototype.computeSize = function (...args) {
-        const size = computeSize.apply(this, args);
-        size[0] = Math.max(size[0], CHART_MIN_WIDTH);
-        size[1] += CHART_MIN_HEIGHT;
-        return size;
+    if (!isSchedule) {
+      const onDrawForeground = nodeType.prototype.onDrawForeground;
+      nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
+        const result = onDrawForeground?.apply(this, [ctx, ...rest]);
+        guarded(this, () => drawMemberTitle(this, ctx));
+        return result;
       };
     }
   },
