@@ -19,7 +19,8 @@ import comfy.sample
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..amdm_core import Schedule, WindowPlan, derive_seed, run_window, step_weights, window_steps
+from ..amdm_core import (Schedule, WindowPlan, compensated_cfg, derive_seed, guidance_factors,
+                         run_window, step_weights, window_steps)
 from .members import Member, check_members, member_label
 
 logger = logging.getLogger(__name__)
@@ -159,16 +160,20 @@ class _Run:
                                            self.batch_index)
         return noise.to(self.noise.device)
 
-    def step_function(self, index: int, sigmas: torch.Tensor,
+    def step_function(self, index: int, sigmas: torch.Tensor, window: range,
+                      cfg_factors: torch.Tensor,
                       callback: Optional[Callback]) -> Callable[[torch.Tensor, int], torch.Tensor]:
         live = self.live[index]
         is_target = index == self.guider.target_index
         sampler_function = self.sampler.sampler_function
         extra_options = self.sampler.extra_options
+        cfg = self.guider.members[index].cfg
+        cfgs = [compensated_cfg(cfg, factor) for factor in cfg_factors.tolist()]
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
             live.activate()
+            live.guider.cfg = cfgs[k - window.start]
             return sampler_function(
                 live.model_k, x, sigmas[k:k + 2],
                 extra_args={**live.extra_args, "seed": self.step_seed(STEP_STREAM, index, k)},
@@ -184,8 +189,14 @@ class _Run:
         x_target = self.live[target].x_start
         states = [x_target if (i == target or window.start > 0) else self.live[i].x_start
                   for i in range(len(members))]
-        step_fns = [self.step_function(i, sigmas, callback) for i in range(len(members))]
-        states = run_window(states, step_fns, self.guider.plan(window).to(x_target.device))
+        plan = self.guider.plan(window)
+        cfg_factors = guidance_factors(plan.weights, plan.aggregation, self.guider.schedule.guidance)
+        step_fns = [self.step_function(i, sigmas, window, cfg_factors, callback)
+                    for i in range(len(members))]
+        try:
+            states = run_window(states, step_fns, plan.to(x_target.device))
+        finally:
+            self.guider.cfg = members[target].cfg  # the target finishes at its own scale
         return states[target]
 
 
