@@ -1,7 +1,9 @@
 """The aggregation window as a loop over per-member step callables.
 
 The engine knows nothing of the sampler behind a step: a member's step callable takes the
-member's current latent and the step index k and returns its proposal for step k + 1.
+member's current latent and the step index k and returns its proposal for step k + 1. How
+the members' steps of one window step are run (one after another, or concurrently on
+several devices) is the caller's choice of ``map_steps``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ import torch
 from .aggregation import aggregate, deviate
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+StepMap = Callable[[Sequence[StepFn], Sequence[torch.Tensor], int], list[torch.Tensor]]
+
+
+def one_after_another(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
+                      k: int) -> list[torch.Tensor]:
+    """Every member's proposal for step k, in member order."""
+    return [step(x, k) for step, x in zip(step_fns, states)]
 
 
 @dataclass(frozen=True)
@@ -35,16 +44,20 @@ class WindowPlan:
 
 
 def aggregation_step(proposals: torch.Tensor, weights: torch.Tensor, deviation: torch.Tensor,
-                     plan: WindowPlan) -> torch.Tensor:
-    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate."""
+                     plan: WindowPlan) -> list[torch.Tensor]:
+    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate; each
+    member's next latent. Without deviation every member continues from the merged latent
+    itself, one tensor, so that a caller can see which members share their state."""
     merged = aggregate(proposals, weights, plan.aggregation)
-    return deviate(merged, proposals, deviation, plan.deviation_mode)
+    if plan.deviation_mode == "none":
+        return [merged] * proposals.shape[0]
+    return list(deviate(merged, proposals, deviation, plan.deviation_mode).unbind(0))
 
 
-def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn],
-               plan: WindowPlan) -> list[torch.Tensor]:
+def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn], plan: WindowPlan,
+               map_steps: StepMap = one_after_another) -> list[torch.Tensor]:
     """Advance every member through the window; returns each member's latent after it."""
     for j, k in enumerate(plan.steps):
-        proposals = torch.stack([step(x, k) for step, x in zip(step_fns, states)])
-        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan).unbind(0)
+        proposals = torch.stack(map_steps(step_fns, states, k))
+        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan)
     return list(states)

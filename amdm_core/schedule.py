@@ -1,14 +1,18 @@
 """When aggregation happens and with which per-member weights: the aggregation window.
 
 The window is the set of sampler steps k (step k goes from sigma_k to sigma_k+1) whose
-progress lies in [start_percent, end_percent), progress following the same sigma
-convention as ComfyUI's timestep ranges, intersected with [start_step, end_step).
+progress lies in [start_percent, end_percent), intersected with [start_step, end_step).
+progress(k) is the percent p whose sigma is sigma_k in the model's own convention
+(``percent_to_sigma``, as ComfyUI's timestep ranges use it). Steps whose progress lies
+within PROGRESS_TIE of a boundary are on it: the window includes a step on its start and
+excludes a step on its end, so that windows [a, b) and [b, c) split the steps between them
+exactly, whatever the float precision of the sigmas. end_percent 1 reaches the last step.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -18,6 +22,11 @@ from .guidance import GUIDANCE_MODES
 WEIGHT_CURVES = ("constant", "linear_decay", "cosine_decay")
 NOISE_MODES = ("independent", "shared")
 MAX_STEP = 10000
+NO_STEP_LIMIT = 0
+# Progress closer than this to a window boundary counts as on it. Float32 sigmas put an
+# exact tie (Flux, 6 steps, simple: step 3 at progress 0.5) about 1e-7 off its boundary;
+# real steps are never closer than 1e-4 apart (10000 steps at most).
+PROGRESS_TIE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,9 @@ class Schedule:
     deviation_mode: str = "none"
     deviation_strength: float = 0.0
     target_member: int = 1
-    noise_mode: str = "independent"
+    noise_mode: str = "shared"
     start_step: int = 0
-    end_step: int = MAX_STEP
+    end_step: int = NO_STEP_LIMIT
     guidance: str = "averaged"
 
     def __post_init__(self) -> None:
@@ -53,9 +62,9 @@ class Schedule:
             value = getattr(self, name)
             if not (0 <= value <= MAX_STEP):
                 raise ValueError(f"{name} must lie in [0, {MAX_STEP}], got {value}")
-        if self.end_step <= self.start_step:
+        if self.end_step != NO_STEP_LIMIT and self.end_step <= self.start_step:
             raise ValueError(f"end_step ({self.end_step}) must be greater than "
-                             f"start_step ({self.start_step})")
+                             f"start_step ({self.start_step}), or 0 for no limit")
         if not (math.isfinite(self.deviation_strength) and self.deviation_strength >= 0):
             raise ValueError(f"deviation_strength must be a finite number >= 0, "
                              f"got {self.deviation_strength}")
@@ -73,13 +82,15 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 def window_steps(sigmas: Sequence[float], sigma_start: float, sigma_end: float,
                  start_step: int, end_step: int) -> range:
-    """Steps k with sigma_end < sigmas[k] <= sigma_start and start_step <= k < end_step.
+    """Steps k with sigma_end < sigmas[k] <= sigma_start and start_step <= k < end_step
+    (end_step 0: no limit).
 
     ``sigmas`` holds S + 1 values for S steps. With decreasing sigmas the matching steps
     are consecutive; for other sequences (restarts) the window is their first run.
     """
     n_steps = max(len(sigmas) - 1, 0)
-    inside = [sigma_end < sigmas[k] <= sigma_start and start_step <= k < end_step
+    last_step = n_steps if end_step == NO_STEP_LIMIT else min(end_step, n_steps)
+    inside = [sigma_end < sigmas[k] <= sigma_start and start_step <= k < last_step
               for k in range(n_steps)]
     if True not in inside:
         return range(n_steps, n_steps)
@@ -88,6 +99,34 @@ def window_steps(sigmas: Sequence[float], sigma_start: float, sigma_end: float,
     while last < n_steps and inside[last]:
         last += 1
     return range(first, last)
+
+
+def window_for(sigmas: Sequence[float], percent_to_sigma: Callable[[float], float],
+               schedule: Schedule) -> range:
+    """The window of ``schedule`` over ``sigmas`` (S + 1 values), by the rule of this
+    module: start <= progress(k) < end up to PROGRESS_TIE, and start_step <= k < end_step.
+
+    ``percent_to_sigma`` is the model's (decreasing in percent). A progress bound p maps to
+    the sigma of p - PROGRESS_TIE, so that a tie with either boundary resolves the same way
+    however the sigma of step k was rounded.
+    """
+    sigma_start = percent_to_sigma(schedule.start_percent - PROGRESS_TIE)
+    sigma_end = (0.0 if schedule.end_percent >= 1.0
+                 else percent_to_sigma(schedule.end_percent - PROGRESS_TIE))
+    return window_steps(sigmas, sigma_start, sigma_end, schedule.start_step, schedule.end_step)
+
+
+def progress_of(sigma: float, percent_to_sigma: Callable[[float], float]) -> float:
+    """The percent p in [0, 1] whose sigma is ``sigma`` (bisection on the decreasing
+    ``percent_to_sigma``); for messages and charts, not for deciding the window."""
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        if percent_to_sigma(middle) > sigma:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
 
 
 def curve_factors(curve: str, length: int) -> torch.Tensor:

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 
 from .comfy_setup import comfy_env, setup_comfy
+from .sd15 import sd15_model, sd15_patcher
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -36,26 +38,6 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def sd15_model(device: torch.device):
-    """ComfyUI's SD1.5 model with random weights: one UNet evaluation's cost is real."""
-    import comfy.model_base
-    import comfy.supported_models
-    config = dict(comfy.supported_models.SD15.unet_config, in_channels=4, out_channels=4,
-                  model_channels=320, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
-                  transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-                  transformer_depth_middle=1, num_heads=8, context_dim=768,
-                  use_linear_in_transformer=False,
-                  adm_in_channels=None, use_temporal_attention=False, use_temporal_resblock=False,
-                  num_head_channels=-1, image_size=32, legacy=False, use_spatial_transformer=True,
-                  dtype=torch.float32)
-    model = comfy.model_base.BaseModel(comfy.supported_models.SD15(config), device=device).eval()
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():  # ComfyUI's layers skip initialisation: give them finite weights
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.02, generator=generator)
-    return model
 
 
 def sd15_unet(device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -97,11 +79,10 @@ def driver_table(repeats: int) -> list[str]:
     import comfy.utils
     from comfyui_amdm.amdm_core import Schedule
     from comfyui_amdm.nodes import Member
-    import comfy.model_patcher
     comfy.utils.PROGRESS_BAR_ENABLED = False
     run_node = comfy_env().run_node
     cpu = torch.device("cpu")
-    null = comfy.model_patcher.ModelPatcher(sd15_model(cpu), load_device=cpu, offload_device=cpu)
+    null = sd15_patcher(cpu)
     null.set_model_unet_function_wrapper(lambda apply_model, args: torch.zeros_like(args["input"]))
     positive = [[torch.randn(1, 77, 768), {}]]
     negative = [[torch.zeros(1, 77, 768), {}]]

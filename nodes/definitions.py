@@ -3,15 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import comfy.model_management
-import comfy.sample
-import comfy.samplers
-import comfy.utils
-import latent_preview
-
-from ..amdm_core import (AGGREGATION_MODES, DEVIATION_MODES, GUIDANCE_MODES, NOISE_MODES, WEIGHT_CURVES,
-                         Schedule)
+from ..amdm_core import (AGGREGATION_MODES, DEVIATION_MODES, GUIDANCE_MODES, NOISE_MODES,
+                         WEIGHT_CURVES, Schedule)
 from ..amdm_core.schedule import MAX_STEP
+from . import compat
 from .guider import AMDMGuider
 from .members import Member, member_label
 
@@ -96,17 +91,21 @@ class AggregationSchedule:
             "required": {
                 "start_percent": ("FLOAT", {"default": d.start_percent, "min": 0.0, "max": 1.0,
                                             "step": 0.01,
-                                            "tooltip": "Start of the window, as a fraction of "
-                                                       "the denoising in ComfyUI's timestep "
-                                                       "percent (percent_to_sigma): step k is "
-                                                       "in it when start <= progress(k) < end. "
+                                            "tooltip": "Start of the window, in ComfyUI's "
+                                                       "timestep percent (as "
+                                                       "ConditioningSetTimestepRange): step k "
+                                                       "is in it when start <= progress(k) < "
+                                                       "end; a step on a boundary belongs to "
+                                                       "the window that starts there. Absolute: "
+                                                       "with denoise 0.6 a run starts at 0.4. "
                                                        "A window that starts after step 0 "
                                                        "starts every member from the target's "
                                                        "latent."}),
                 "end_percent": ("FLOAT", {"default": d.end_percent, "min": 0.0, "max": 1.0,
                                           "step": 0.01,
-                                          "tooltip": "End of the window; after it the target "
-                                                     "finishes alone and the others stop."}),
+                                          "tooltip": "End of the window (1 = to the last "
+                                                     "step); after it the target finishes "
+                                                     "alone and the others stop."}),
                 "aggregation": (AGGREGATION_MODES, {"default": d.aggregation,
                                                     "tooltip": "linear: weighted mean; slerp: "
                                                                "weighted mean rescaled to the "
@@ -133,18 +132,23 @@ class AggregationSchedule:
                                           "tooltip": "Which member (1 = first in the chain) "
                                                      "produces the image."}),
                 "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
-                                             "tooltip": "independent: each member starts from "
-                                                        "its own noise derived from the seed; "
-                                                        "shared: all start from the target's. "
-                                                        "Only for windows that start at step 0."}),
+                                             "tooltip": "shared: all members start from the "
+                                                        "target's noise and draw the same "
+                                                        "stochastic noise at each window step, "
+                                                        "so merging keeps the noise level "
+                                                        "(right for linear and slerp); "
+                                                        "independent: each member its own noise "
+                                                        "derived from the seed (right for "
+                                                        "paper, whose weights keep the norm of "
+                                                        "independent noises)."}),
             },
             "optional": {
                 "start_step": ("INT", {"default": d.start_step, "min": 0, "max": MAX_STEP,
                                        "tooltip": "Also require step index >= start_step "
                                                   "(0 = no limit)."}),
                 "end_step": ("INT", {"default": d.end_step, "min": 0, "max": MAX_STEP,
-                                     "tooltip": "Also require step index < end_step "
-                                                f"({MAX_STEP} = no limit)."}),
+                                     "tooltip": "Also require step index < end_step; "
+                                                "0 = no limit."}),
                 "guidance": (GUIDANCE_MODES, {"default": d.guidance,
                                               "tooltip": "averaged: the merge blends the members' "
                                                          "classifier-free guidance with their "
@@ -166,7 +170,7 @@ class AggregationSchedule:
 
 def _guider(node: str, stack: tuple, schedule: Optional[Schedule]) -> AMDMGuider:
     try:
-        return AMDMGuider(stack, DEFAULT_SCHEDULE if schedule is None else schedule)
+        return AMDMGuider(stack, DEFAULT_SCHEDULE if schedule is None else schedule, node)
     except ValueError as error:
         raise _node_error(node, error) from None
 
@@ -206,10 +210,13 @@ class AMDMSamplerNode:
                                             "the other members' noise derives from it."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000,
                                   "tooltip": "Number of sampler steps."}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,
-                                 {"tooltip": "The sampler; multistep samplers restart their "
-                                             "history at every aggregated step."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,
+                "sampler_name": (compat.SAMPLER_NAMES,
+                                 {"tooltip": "The sampler. Inside the window it takes one step "
+                                             "at a time: multistep samplers (dpmpp_2m, deis, "
+                                             "lms, ...) restart their history at every "
+                                             "aggregated step, uni_pc steps as euler there, "
+                                             "dpm_fast and dpm_adaptive are refused."}),
+                "scheduler": (compat.SCHEDULER_NAMES,
                               {"tooltip": "The scheduler, computed on the target's model."}),
                 "latent_image": ("LATENT", {"tooltip": "The latent to denoise (its noise_mask "
                                                        "is honoured)."}),
@@ -223,18 +230,16 @@ class AMDMSamplerNode:
                latent_image: dict, denoise: float, schedule: Optional[Schedule] = None) -> tuple:
         guider = _guider("AMDMSampler", stack, schedule)
         model = guider.model_patcher
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device,
-                                         sampler=sampler_name, scheduler=scheduler,
-                                         denoise=denoise, model_options=model.model_options).sigmas
-        samples = guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), sigmas,
+        latent = compat.fix_empty_latent_channels(model, latent_image)
+        noise = compat.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        sigmas = compat.scheduler_sigmas(model, steps, sampler_name, scheduler, denoise)
+        samples = guider.sample(noise, latent, compat.sampler_object(sampler_name), sigmas,
                                 denoise_mask=latent_image.get("noise_mask"),
-                                callback=latent_preview.prepare_callback(model, steps),
-                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+                                callback=compat.preview_callback(model, steps),
+                                disable_pbar=not compat.progress_bar_enabled(), seed=seed,
                                 batch_index=latent_image.get("batch_index"))
         out = latent_image.copy()
-        out["samples"] = samples.to(comfy.model_management.intermediate_device())
+        out["samples"] = samples.to(compat.intermediate_device())
         return (out,)
 
 

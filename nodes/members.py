@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-import comfy.model_sampling
+import torch
 
 from ..amdm_core import Schedule, validate_weights
+from . import compat
 
-SIGMA_RANGE_RTOL = 1e-3
+SIGMA_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -38,27 +39,62 @@ def member_label(index: int, name: str) -> str:
 
 
 def _sampling_family(model_sampling: Any) -> str:
-    if isinstance(model_sampling, comfy.model_sampling.CONST):
+    if compat.is_flow_matching(model_sampling):
         return "flow matching (CONST)"
     return "sigma space (EPS / V_PREDICTION / EDM)"
 
 
+def _noise_schedule(model_sampling: Any) -> Optional[torch.Tensor]:
+    """What must match for members to read one sigma alike. Flow matching: nothing beyond
+    the family (sigma is the noise fraction whatever the shift, and the run follows the
+    target's sigmas). Discrete models: their whole sigma table (zsnr changes it). Others:
+    their sigma range."""
+    if compat.is_flow_matching(model_sampling):
+        return None
+    table = getattr(model_sampling, "sigmas", None)
+    if isinstance(table, torch.Tensor):
+        return table.detach().float().cpu()
+    return torch.tensor([float(model_sampling.sigma_min), float(model_sampling.sigma_max)])
+
+
+# What each ecosystem property is, and what to change when members differ in it.
+_ECOSYSTEM_FIXES = {
+    "latent format": "AMDM merges latents, so every member must produce the same kind: choose "
+                     "members of one model family (all SD1.x, all SDXL, all Flux, ...)",
+    "model_sampling family": "flow-matching models (SD3, Flux, Wan) and sigma-space models "
+                             "(SD1.x, SDXL) read noise levels differently: choose members of "
+                             "one family",
+    "noise schedule": "their noise schedules differ (zero-terminal-SNR against a standard "
+                      "schedule, or an EDM range): apply the same ModelSamplingDiscrete (or "
+                      "ModelSamplingContinuousEDM) node, with the same settings, to every "
+                      "member",
+}
+
+
 def _ecosystem(model: Any) -> dict[str, Any]:
-    latent_format = model.get_model_object("latent_format")
-    model_sampling = model.get_model_object("model_sampling")
+    latent_format = compat.latent_format(model)
+    model_sampling = compat.model_sampling(model)
     return {
         "latent format": (type(latent_format).__name__, latent_format.latent_channels,
                           latent_format.latent_dimensions, latent_format.scale_factor,
                           getattr(latent_format, "shift_factor", None)),
         "model_sampling family": _sampling_family(model_sampling),
-        "sigma range": (float(model_sampling.sigma_min), float(model_sampling.sigma_max)),
+        "noise schedule": _noise_schedule(model_sampling),
     }
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
-    if key == "sigma range":
-        return all(math.isclose(x, y, rel_tol=SIGMA_RANGE_RTOL) for x, y in zip(a, b))
+    if key == "noise schedule":
+        if a is None or b is None:
+            return a is b
+        return a.shape == b.shape and torch.allclose(a, b, rtol=SIGMA_RTOL, atol=0.0)
     return a == b
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "noise schedule" and value is not None:
+        return f"sigmas {float(value.min()):.4g} to {float(value.max()):.4g}"
+    return str(value)
 
 
 def check_members(members: Sequence[Member], schedule: Schedule) -> None:
@@ -82,5 +118,22 @@ def check_members(members: Sequence[Member], schedule: Schedule) -> None:
         for key, value in _ecosystem(member.model).items():
             if not _same(key, value, reference[key]):
                 raise ValueError(f"{label} is not of the same ecosystem as {labels[0]}: "
-                                 f"{key} {value} vs {reference[key]}. AMDM members must "
-                                 f"share latent format, model_sampling family and sigma range")
+                                 f"{key} {_describe(key, value)} against "
+                                 f"{_describe(key, reference[key])}. {_ECOSYSTEM_FIXES[key]}")
+    _check_devices(members, labels)
+
+
+def _check_devices(members: Sequence[Member], labels: Sequence[str]) -> None:
+    """Members may sit on different devices, each stepping on its own; but clones of one
+    checkpoint share one set of weights, which cannot live on two devices at once."""
+    for i, first in enumerate(members):
+        for j in range(i + 1, len(members)):
+            second = members[j]
+            if not compat.shares_weights_storage(first.model, second.model):
+                continue
+            devices = compat.load_device(first.model), compat.load_device(second.model)
+            if devices[0] != devices[1]:
+                raise ValueError(f"{labels[i]} and {labels[j]} are clones of one checkpoint "
+                                 f"(one set of weights) but load on {devices[0]} and "
+                                 f"{devices[1]}: load the checkpoint once per device, or "
+                                 f"put both on one device")

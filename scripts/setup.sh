@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Prepare a machine to run this pack's tests: Python dependencies, ComfyUI, fixture models.
-# Idempotent: every step checks first and does nothing when already done.
+# Prepare a machine for this pack: Python dependencies and ComfyUI; the test set-up adds the
+# test tools and generated test models. Idempotent: every step checks first and does nothing
+# when already done. pip shows what it downloads (torch and ComfyUI's requirements are a few
+# GB on a fresh machine).
 #
-#   bash scripts/setup.sh            # Python deps, ComfyUI, fixture models
-#   bash scripts/setup.sh --browser  # ... plus Debian's chromium for the browser tests
+#   bash scripts/setup.sh            # torch, ComfyUI and its requirements (all the benchmarks need)
+#   bash scripts/setup.sh --tests    # ... plus pytest, playwright and the generated test models
+#   bash scripts/setup.sh --browser  # ... --tests plus Debian's chromium for the browser tests
 #
 # ComfyUI is looked for, in order, at $COMFYUI_PATH, the ComfyUI containing this checkout
 # (<ComfyUI>/custom_nodes/<this repo>), $COMFYUI_AMDM_CACHE/ComfyUI and
@@ -14,15 +17,15 @@ set -euo pipefail
 COMFYUI_TAG="v0.3.64"
 COMFYUI_REPO="https://github.com/Comfy-Org/ComfyUI"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-# Optional ComfyUI extras that nothing here uses (audio, kornia filters). spandrel stays: without
-# it ComfyUI registers no UpscaleModelLoader and its 1.27 frontend cannot create loader nodes.
-SKIPPED_REQUIREMENTS="torchaudio kornia"
+TEST_TOOLS="pytest playwright"
 
+want_tests=0
 want_browser=0
 for arg in "$@"; do
     case "$arg" in
-        --browser) want_browser=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --tests) want_tests=1 ;;
+        --browser) want_tests=1; want_browser=1 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -33,7 +36,7 @@ python="${PYTHON:-python3}"
 log() { echo "setup: $*"; }
 
 pip_install() {
-    "$python" -m pip install --quiet --disable-pip-version-check "$@"
+    "$python" -m pip install --disable-pip-version-check "$@"
 }
 
 # --- torch -------------------------------------------------------------------------------
@@ -90,24 +93,27 @@ fi
 log "ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy_dir/comfyui_version.py" 2>/dev/null) at $comfy_dir"
 
 # --- Python requirements -----------------------------------------------------------------
-# ComfyUI's own requirements (its pins, not ours), minus the skipped extras, plus test tools.
+# ComfyUI's own requirements (its pins, not ours), plus the test tools with --tests. torchaudio
+# comes separately, in the build that matches the installed torch: for any other, pip would
+# replace torch with the one that torchaudio build pins.
 "$python" -c "import packaging" 2>/dev/null || pip_install packaging
-missing="$("$python" - "$comfy_dir/requirements.txt" "$SKIPPED_REQUIREMENTS" <<'EOF'
+extra_requirements=""
+if [[ $want_tests -eq 1 ]]; then extra_requirements="$TEST_TOOLS"; fi
+missing="$("$python" - "$comfy_dir/requirements.txt" "$extra_requirements" <<'EOF'
 import sys
 from importlib import metadata
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-requirements_file, skipped = sys.argv[1], set(sys.argv[2].split())
+requirements_file, extra = sys.argv[1], sys.argv[2].split()
 lines = [line.split("#", 1)[0].strip() for line in open(requirements_file, encoding="utf-8")]
-lines += ["pytest", "playwright"]
-for line in filter(None, lines):
+for line in filter(None, lines + extra):
     try:
         requirement = Requirement(line)
     except InvalidRequirement:
         print(line)
         continue
-    if requirement.name.lower() in skipped:
+    if requirement.name.lower() == "torchaudio":
         continue
     try:
         installed = metadata.version(requirement.name)
@@ -126,6 +132,18 @@ else
     log "Python requirements satisfied"
 fi
 
+torch_version="$("$python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+if "$python" -c "import torchaudio" 2>/dev/null; then
+    log "torchaudio present"
+elif "$python" -m pip install --disable-pip-version-check --quiet --dry-run --no-deps \
+        "torchaudio==$torch_version" >/dev/null 2>&1; then
+    log "installing torchaudio==$torch_version (ComfyUI's audio nodes)"
+    pip_install "torchaudio==$torch_version"
+else
+    log "the package index has no torchaudio $torch_version: ComfyUI will list its two audio" \
+        "node files as IMPORT FAILED at start (harmless here; the README lists the lines)"
+fi
+
 # --- browser -----------------------------------------------------------------------------
 if [[ $want_browser -eq 1 ]]; then
     if [[ -x /usr/bin/chromium ]]; then
@@ -137,13 +155,18 @@ if [[ $want_browser -eq 1 ]]; then
     fi
 fi
 
-# --- fixture models ----------------------------------------------------------------------
-COMFYUI_PATH="$comfy_dir" "$python" -c '
+# --- test models -------------------------------------------------------------------------
+# Random-weight stand-ins of SD1.5 and of the SDXL/SD3.5/Flux/Wan families (about 2 GB),
+# generated once and cached; the tests would also generate them on first use.
+if [[ $want_tests -eq 1 ]]; then
+    COMFYUI_PATH="$comfy_dir" "$python" -c '
 import logging, sys, time
 sys.path.insert(0, sys.argv[1])
 logging.basicConfig(level=logging.ERROR, format="%(message)s")
-from support import fixture_models
+from support import family_models, fixture_models
 started = time.perf_counter()
-files = fixture_models.ensure_fixture_models()
-print(f"setup: fixture models ready in {fixture_models.fixtures_dir()} ({time.perf_counter() - started:.1f}s)")
+fixture_models.ensure_fixture_models()
+family_models.ensure_family_models()
+print(f"setup: test models ready in {family_models.fixtures_dir().parent} ({time.perf_counter() - started:.1f}s)")
 ' "$repo_root/tests"
+fi

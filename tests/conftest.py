@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from support import comfy_env, fixture_models
+from support import comfy_env, family_models, fixture_models
 from support.comfy_server import ComfyServer
 
 comfy_env.setup_comfy_in_process()
@@ -148,3 +148,57 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, fixture_files: dict[s
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def family_files(comfy: ComfyInProcess) -> dict[str, dict[str, Path]]:
+    """Tiny SDXL / SD3.5 / Flux / Wan 2.1 files (``family_models``), generated once and cached.
+
+    Returns ``{models folder: {file name: Path}}``. The diffusion models, the CLIP-L text
+    encoder and the VAEs are also linked into ``comfy.models_dir`` and registered with
+    ComfyUI's folder_paths, so that UNETLoader, CLIPLoader and VAELoader find them in process.
+    """
+    import folder_paths
+
+    files = family_models.ensure_family_models()
+    linked = (family_models.DIFFUSION_MODELS, family_models.TEXT_ENCODERS, family_models.VAE)
+    family_models.link_into(comfy.models_dir, linked)
+    for folder in linked:
+        folder_paths.add_model_folder_path(folder, str(comfy.models_dir / folder), is_default=True)
+    return files
+
+
+@pytest.fixture(scope="session")
+def load_family_model(family_files: dict[str, dict[str, Path]]) -> Callable[[str], Any]:
+    """``load_family_model(file name)``: the tiny model (``family_models.MODELS``) as a
+    ModelPatcher, loaded once per session; clone it before patching."""
+    loaded: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        if name not in loaded:
+            loaded[name] = family_models.load_model(name)
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def family_clip(comfy: ComfyInProcess, family_files: dict[str, dict[str, Path]]) -> Callable[[str], Any]:
+    """``family_clip(type)``: the CLIP-L stand-in text encoder from ComfyUI's CLIPLoader with
+    that ``type`` (``sd3``: SD3/Flux/Wan shapes; ``stable_diffusion``: the tiny SDXL's), cached."""
+    loaded: dict[str, Any] = {}
+
+    def load(clip_type: str) -> Any:
+        if clip_type not in loaded:
+            loaded[clip_type] = comfy.run("CLIPLoader", clip_name=family_models.CLIP_L_NAME, type=clip_type)[0]
+        return loaded[clip_type]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def family_server(comfy_server: ComfyServer, family_files: dict[str, dict[str, Path]]) -> ComfyServer:
+    """The real server, with the tiny family files linked into its models directory
+    (ComfyUI rescans a models folder whose contents changed)."""
+    family_models.link_into(comfy_server.models_dir)
+    return comfy_server

@@ -90,7 +90,8 @@ def test_all_weights_zero(pack, counted, conds, evaluations):
     ({"start_percent": 0.4, "end_percent": 0.4}, "end_percent \\(0.4\\) must be greater"),
     ({"start_percent": -0.1}, "start_percent must lie in \\[0, 1\\]"),
     ({"end_percent": 1.1}, "end_percent must lie in \\[0, 1\\]"),
-    ({"start_step": 8, "end_step": 8}, "end_step \\(8\\) must be greater"),
+    ({"start_step": 8, "end_step": 8}, "end_step \\(8\\) must be greater than start_step "
+                                       "\\(8\\), or 0 for no limit"),
     ({"deviation_mode": "relative", "deviation_strength": 1.5},
      "deviation_strength is a fraction in \\[0, 1\\]"),
 ])
@@ -128,17 +129,43 @@ def _other_latent_format(model):
     return patched
 
 
-@pytest.mark.parametrize("make_foreign, message", [
-    (_flow_model, "model_sampling family"),
-    (_zsnr_model, "sigma range"),
-    (_other_latent_format, "latent format"),
+@pytest.mark.parametrize("make_foreign, message, fix", [
+    (_flow_model, "model_sampling family flow matching", "choose members of one family"),
+    (_zsnr_model, "noise schedule sigmas 0.029\\d* to 4\\d{3} against", "apply the same "
+                                                                   "ModelSamplingDiscrete"),
+    (_other_latent_format, "latent format \\('SDXL'", "choose members of one model family"),
 ])
-def test_members_of_another_ecosystem(pack, counted, conds, evaluations, make_foreign, message):
+def test_members_of_another_ecosystem(pack, counted, conds, evaluations, make_foreign, message,
+                                      fix):
     members = stack((counted, *conds, {}), (make_foreign(counted), *conds, {"name": "alien"}))
     with pytest.raises(ValueError, match=f"member 2 \\('alien'\\) is not of the same ecosystem "
-                                         f"as member 1: {message}"):
+                                         f"as member 1: {message}.*{fix}"):
         sample(members)
     assert evaluations == []
+
+
+def _sd3_shift(shift):
+    return lambda model: run_node("ModelSamplingSD3", model=model, shift=shift)[0]
+
+
+def _flux_shift(max_shift, base_shift):
+    return lambda model: run_node("ModelSamplingFlux", model=model, max_shift=max_shift,
+                                  base_shift=base_shift, width=1024, height=1024)[0]
+
+
+@pytest.mark.parametrize("make_first, make_second", [
+    (_sd3_shift(3.0), _sd3_shift(6.0)),  # SD3 at two shifts
+    (_sd3_shift(5.0), _sd3_shift(8.0)),  # Wan 2.1 at 480p and 720p shifts
+    (_flux_shift(1.15, 0.5), _flux_shift(0.0, 0.0)),  # Flux dev and schnell (shift 1)
+])
+def test_flow_members_that_differ_only_in_shift_are_one_ecosystem(pack, counted, conds,
+                                                                   make_first, make_second):
+    """A shift changes a flow model's schedule, not how it reads sigma; the run follows the
+    target's sigmas. Accepted, and the other member acts on the result."""
+    first, second = make_first(counted), make_second(counted)
+    alone = sample(stack((first, *conds, {})))[0]["samples"]
+    both = sample(stack((first, *conds, {}), (second, conds[1], conds[0], {})))[0]["samples"]
+    assert torch.isfinite(both).all() and not torch.allclose(both, alone)
 
 
 def test_v_prediction_shares_the_sigma_space(pack, counted, conds):

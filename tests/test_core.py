@@ -12,7 +12,7 @@ sys.path.insert(0, REPO)
 
 from amdm_core import (Schedule, WindowPlan, aggregate, curve_factors, derive_seed,  # noqa: E402
                        deviate, member_coefficients, run_window, step_weights,
-                       validate_weights, window_steps)
+                       progress_of, validate_weights, window_for, window_steps)
 
 MODES = ("linear", "slerp", "paper")
 
@@ -164,6 +164,38 @@ def test_window_of_a_restarting_sigma_sequence_is_its_first_run():
     assert window_steps(restart, 1e9, 3.0, 0, 10000) == range(0, 2)
 
 
+def test_end_step_0_means_no_limit():
+    assert window_steps(SIGMAS, 1e9, 0.0, 2, 0) == range(2, 8)
+    assert Schedule().end_step == 0
+
+
+def _flow_percent_to_sigma(percent: float) -> float:
+    """A flow model's percent_to_sigma (shift 1): sigma = 1 - percent, 1 at and below 0."""
+    return 1.0 if percent <= 0.0 else (0.0 if percent >= 1.0 else 1.0 - percent)
+
+
+def test_window_ties_resolve_the_same_way_however_sigma_was_rounded():
+    """A step on a boundary belongs to the window that starts there: windows [0, 0.5) and
+    [0.5, 1) split 4 steps 2 + 2 whether sigma 0.5 came out just above or just below."""
+    for nudge in (-1e-7, 0.0, 1e-7):
+        sigmas = [1.0, 0.75, 0.5 + nudge, 0.25, 0.0]
+        first = window_for(sigmas, _flow_percent_to_sigma, Schedule(end_percent=0.5))
+        second = window_for(sigmas, _flow_percent_to_sigma,
+                            Schedule(start_percent=0.5, end_percent=1.0))
+        assert (first, second) == (range(0, 2), range(2, 4)), nudge
+
+
+def test_window_end_1_reaches_the_last_step():
+    sigmas = [1.0, 0.5, 1e-6, 0.0]
+    assert window_for(sigmas, _flow_percent_to_sigma, Schedule(end_percent=1.0)) == range(0, 3)
+
+
+def test_progress_of_inverts_percent_to_sigma():
+    for percent in (0.0, 0.1, 0.5, 0.93):
+        assert progress_of(1.0 - percent, _flow_percent_to_sigma) == pytest.approx(percent,
+                                                                                   abs=1e-9)
+
+
 def test_curves_and_step_weights():
     assert torch.equal(curve_factors("constant", 4), torch.ones(4))
     torch.testing.assert_close(curve_factors("linear_decay", 4), torch.tensor([1, .75, .5, .25]))
@@ -188,6 +220,16 @@ def test_run_window_steps_each_member_once_per_step_and_merges():
     assert sorted(calls) == [(1.0, 2), (1.0, 3), (1.0, 4), (3.0, 2), (3.0, 3), (3.0, 4)]
     for x in out:
         torch.testing.assert_close(x, torch.full((1, 4, 2, 2), 6.0))
+    # without deviation the members continue from one tensor, the merged latent itself
+    assert out[0] is out[1]
+
+
+def test_members_with_deviation_continue_from_copies_of_their_own():
+    states = [torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)]
+    plan = WindowPlan(range(1), torch.ones(1, 2), torch.full((1, 2), 0.5), "linear", "relative")
+    out = run_window(states, [lambda x, k: x + 1.0, lambda x, k: x + 3.0], plan)
+    torch.testing.assert_close(out[0], torch.full((1, 4, 2, 2), 1.5))
+    torch.testing.assert_close(out[1], torch.full((1, 4, 2, 2), 2.5))
 
 
 def test_derived_seeds_are_distinct_and_64_bit():

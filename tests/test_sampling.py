@@ -9,76 +9,8 @@ import pytest
 import torch
 
 from support.comfy_env import run_node
-
-STEPS = 8
-SEED = 1234
-
-
-@pytest.fixture(scope="module")
-def amdm(pack):
-    from comfyui_amdm.amdm_core import Schedule
-    from comfyui_amdm.nodes import Member
-    return Member, Schedule
-
-
-@pytest.fixture(scope="module")
-def prompts(sd15, encode):
-    _, clip, _ = sd15
-    return {name: encode(clip, text) for name, text in {
-        "red": "a red cube on the left", "blue": "a blue ball on the right",
-        "cat": "a cat in a garden", "empty": ""}.items()}
-
-
-@pytest.fixture(scope="module")
-def model_a(sd15):
-    return sd15[0]
-
-
-@pytest.fixture(scope="module")
-def model_b(load_checkpoint):
-    return load_checkpoint("dreamshaper_8.safetensors")[0]
-
-
-@pytest.fixture(scope="module")
-def model_c(load_checkpoint):
-    return load_checkpoint("realisticVisionV60B1_v51VAE.safetensors")[0]
-
-
-def empty_latent(batch: int = 1) -> dict:
-    return run_node("EmptyLatentImage", width=64, height=64, batch_size=batch)[0]
-
-
-def ksampler(model, positive, negative, cfg, sampler, latent=None, seed=SEED, steps=STEPS,
-             scheduler="normal", denoise=1.0):
-    latent = empty_latent() if latent is None else latent
-    return run_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg,
-                    sampler_name=sampler, scheduler=scheduler, positive=positive,
-                    negative=negative, latent_image=latent, denoise=denoise)[0]["samples"]
-
-
-def amdm_sampler(stack, schedule, sampler, latent=None, seed=SEED, steps=STEPS,
-                 scheduler="normal", denoise=1.0):
-    latent = empty_latent() if latent is None else latent
-    return run_node("AMDMSampler", stack=tuple(stack), seed=seed, steps=steps,
-                    sampler_name=sampler, scheduler=scheduler, latent_image=latent,
-                    denoise=denoise, schedule=schedule)[0]["samples"]
-
-
-class EvaluationLog:
-    """Records every UNet evaluation of a model through ComfyUI's unet function wrapper."""
-
-    def __init__(self):
-        self.sigmas: dict[str, list[float]] = {}
-
-    def watch(self, model, name: str):
-        watched = model.clone()
-        log = self.sigmas.setdefault(name, [])
-
-        def wrapper(apply_model, args):
-            log.append(float(args["timestep"][0]))
-            return apply_model(args["input"], args["timestep"], **args["c"])
-        watched.set_model_unet_function_wrapper(wrapper)
-        return watched
+from support.sampling import (SEED, STEPS, EvaluationLog, amdm, amdm_sampler,  # noqa: F401
+                              empty_latent, ksampler, model_a, model_b, model_c, prompts)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
@@ -165,14 +97,20 @@ def test_a_late_window_starts_members_from_the_targets_latent(amdm, model_a, mod
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("noise_mode", ["independent", "shared"])
 def test_seeds_of_stochastic_steps_differ_at_every_aggregated_step(comfy, amdm, model_a, model_b,
-                                                                   prompts):
+                                                                   prompts, noise_mode):
+    """Every window step draws fresh noise; members draw their own (independent) or the same
+    one (shared, so that merging keeps the noise level)."""
+    import functools
+
     import comfy.k_diffusion.sampling as kd
     import comfy.samplers
     from comfyui_amdm.nodes import AMDMGuider
     Member, Schedule = amdm
     seeds = []
 
+    @functools.wraps(kd.sample_euler_ancestral)
     def recording_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None):
         seeds.append(extra_args["seed"])
         return kd.sample_euler_ancestral(model, x, sigmas, extra_args=extra_args,
@@ -180,7 +118,8 @@ def test_seeds_of_stochastic_steps_differ_at_every_aggregated_step(comfy, amdm, 
 
     guider = AMDMGuider([Member(model_a, prompts["red"], prompts["empty"], 7.0),
                          Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
-                        Schedule(end_percent=1.0, start_step=1, end_step=5))
+                        Schedule(end_percent=1.0, start_step=1, end_step=5,
+                                 noise_mode=noise_mode))
     latent = empty_latent()["samples"]
     sigmas = run_node("BasicScheduler", model=model_a, scheduler="normal", steps=STEPS,
                       denoise=1.0)[0]
@@ -189,7 +128,12 @@ def test_seeds_of_stochastic_steps_differ_at_every_aggregated_step(comfy, amdm, 
     # one call before the window, 4 steps x 2 members inside it, one call after it
     assert len(seeds) == 1 + 8 + 1
     assert seeds[0] == SEED
-    assert len(set(seeds)) == len(seeds)
+    target_steps, member_steps = seeds[1:9:2], seeds[2:9:2]
+    assert len(set(target_steps + [seeds[0], seeds[-1]])) == 6
+    if noise_mode == "shared":
+        assert member_steps == target_steps
+    else:
+        assert len(set(seeds)) == len(seeds)
 
 
 def test_lora_member_is_evaluated_with_its_own_weights(amdm, model_a, prompts, fixture_files):
@@ -222,18 +166,39 @@ def test_lora_member_is_evaluated_with_its_own_weights(amdm, model_a, prompts, f
                        reference_plain)
 
 
-def test_attention_patch_on_a_member_acts(amdm, model_a, model_b, prompts):
-    """IP-Adapter-style packs patch attention through model_options; a member keeps them."""
+def assert_moves_toward(with_feature, without_feature, member_with, member_without,
+                        minimum_cosine: float = 0.3) -> None:
+    """The feature a member carries shows in the aggregate: what it changes in the AMDM
+    result points the way it changes the member's own image (cosine of the differences)."""
+    change = (with_feature - without_feature).flatten()
+    own_change = (member_with - member_without).flatten()
+    assert change.norm() > 0, "the member's feature changed nothing"
+    cosine = torch.nn.functional.cosine_similarity(change, own_change, dim=0)
+    assert cosine > minimum_cosine, f"cosine {cosine:.3f}"
+
+
+def member_feature_test(amdm, model_a, prompts, member_model, positive, negative,
+                        plain_model, plain_positive, plain_negative):
+    """AMDM with the featured member against the same member without its feature, and
+    each member alone with KSampler: the aggregate moves the member's way."""
     Member, Schedule = amdm
-    patched = model_b.clone()
-    patched.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k * 3.0, v * -1.0))
     schedule = Schedule(end_percent=0.5)
     target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
-    with_patch = amdm_sampler([target, Member(patched, prompts["blue"], prompts["empty"], 5.0)],
-                              schedule, "euler")
-    without = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
-                           schedule, "euler")
-    assert not torch.allclose(with_patch, without)
+    featured = amdm_sampler([target, Member(member_model, positive, negative, 5.0)], schedule,
+                            "euler")
+    plain = amdm_sampler([target, Member(plain_model, plain_positive, plain_negative, 5.0)],
+                         schedule, "euler")
+    assert_moves_toward(featured, plain,
+                        ksampler(member_model, positive, negative, 5.0, "euler"),
+                        ksampler(plain_model, plain_positive, plain_negative, 5.0, "euler"))
+
+
+def test_attention_patch_on_a_member_acts_its_way(amdm, model_a, model_b, prompts):
+    """IP-Adapter-style packs patch attention through model_options; a member keeps them."""
+    patched = model_b.clone()
+    patched.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k * 3.0, v * -1.0))
+    member_feature_test(amdm, model_a, prompts, patched, prompts["blue"], prompts["empty"],
+                        model_b, prompts["blue"], prompts["empty"])
 
 
 def with_controlnet(positive, negative, fixture_files, hint_seed: int) -> tuple:
@@ -246,16 +211,10 @@ def with_controlnet(positive, negative, fixture_files, hint_seed: int) -> tuple:
                     end_percent=1.0)[:2]
 
 
-def test_controlnet_on_a_member_acts(amdm, model_a, model_b, prompts, fixture_files):
-    Member, Schedule = amdm
+def test_controlnet_on_a_member_acts_its_way(amdm, model_a, model_b, prompts, fixture_files):
     positive, negative = with_controlnet(prompts["blue"], prompts["empty"], fixture_files, 0)
-    schedule = Schedule(end_percent=0.5)
-    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
-    controlled = amdm_sampler([target, Member(model_b, positive, negative, 5.0)], schedule,
-                              "euler")
-    free = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
-                        schedule, "euler")
-    assert not torch.allclose(controlled, free)
+    member_feature_test(amdm, model_a, prompts, model_b, positive, negative,
+                        model_b, prompts["blue"], prompts["empty"])
 
 
 def test_one_controlnet_shared_by_target_and_member(amdm, model_a, model_b, prompts,
@@ -273,20 +232,14 @@ def test_one_controlnet_shared_by_target_and_member(amdm, model_a, model_b, prom
     assert (silent - reference).abs().max() <= 1e-5
 
 
-def test_gligen_on_a_member_acts(amdm, model_a, model_b, prompts, sd15, fixture_files):
-    Member, Schedule = amdm
+def test_gligen_on_a_member_acts_its_way(amdm, model_a, model_b, prompts, sd15, fixture_files):
     clip = sd15[1]
     gligen = run_node("GLIGENLoader", gligen_name=fixture_files["gligen"].name)[0]
     boxed = run_node("GLIGENTextBoxApply", conditioning_to=prompts["blue"], clip=clip,
                      gligen_textbox_model=gligen, text="a blue ball", width=32, height=32,
                      x=0, y=0)[0]
-    schedule = Schedule(end_percent=0.5)
-    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
-    laid_out = amdm_sampler([target, Member(model_b, boxed, prompts["empty"], 5.0)], schedule,
-                            "euler")
-    free = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
-                        schedule, "euler")
-    assert not torch.allclose(laid_out, free)
+    member_feature_test(amdm, model_a, prompts, model_b, boxed, prompts["empty"],
+                        model_b, prompts["blue"], prompts["empty"])
 
 
 def test_img2img_inpainting_and_batches(amdm, model_a, model_b, prompts):
@@ -361,6 +314,8 @@ def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, 
 
 
 def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b, prompts):
+    """Every member's weights (its torch module) are loaded while the window runs, and the
+    target's stay loaded after it."""
     import comfy.model_management
     Member, Schedule = amdm
     seen = {"a": [], "b": []}
@@ -369,7 +324,7 @@ def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b,
         watched = model.clone()
 
         def record_loaded(apply_model, args):
-            seen[name].append(set(map(id, comfy.model_management.loaded_models())))
+            seen[name].append({id(m.model) for m in comfy.model_management.loaded_models()})
             return apply_model(args["input"], args["timestep"], **args["c"])
         watched.set_model_unet_function_wrapper(record_loaded)
         return watched
@@ -378,9 +333,9 @@ def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b,
                Member(watched_b, prompts["blue"], prompts["empty"], 5.0)]
     amdm_sampler(members, Schedule(end_step=3), "euler")
     assert len(seen["a"]) == STEPS and len(seen["b"]) == 3
-    both = {id(watched_a), id(watched_b)}
+    both = {id(model_a.model), id(model_b.model)}
     assert all(both <= ids for ids in seen["a"][:3] + seen["b"])
-    assert all(id(watched_a) in ids for ids in seen["a"][3:])
+    assert all(id(model_a.model) in ids for ids in seen["a"][3:])
 
 
 def test_hooked_conditioning_on_a_member_acts_on_that_member_only(amdm, model_a, prompts,
@@ -405,16 +360,47 @@ def test_hooked_conditioning_on_a_member_acts_on_that_member_only(amdm, model_a,
     assert (silent - reference).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("sampler", comfy.samplers.KSampler.SAMPLERS)
-def test_every_comfyui_sampler(amdm, model_a, model_b, prompts, sampler):
-    """One member is KSampler bit for bit; two members give a finite, different result."""
+def lora_hooked(conditioning, fixture_files, strength: float = 1.0) -> list:
+    """Conditioning carrying a LoRA hook (core CreateHookLoraModelOnly)."""
+    hooks = run_node("CreateHookLoraModelOnly", lora_name=fixture_files["lora"].name,
+                     strength_model=strength)[0]
+    return run_node("ConditioningSetProperties", cond_NEW=conditioning, strength=1.0,
+                    set_cond_area="default", hooks=hooks)[0]
+
+
+@pytest.mark.parametrize("sharing", ["same MODEL", "clone", "LoRA clone", "hooked member"])
+def test_the_targets_hooks_survive_every_way_of_sharing_its_model(amdm, model_a, prompts,
+                                                                  fixture_files, sharing):
+    """A hook on the target's conditioning, and a weight-0 member that shares the target's
+    MODEL (the very object, a clone, a LoRA clone, or with hooks of its own): the result is
+    KSampler with the hook, and plain KSampler afterwards is unchanged (nothing leaks)."""
     Member, Schedule = amdm
-    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
-    other = Member(model_b, prompts["blue"], prompts["empty"], 5.0)
-    reference = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, sampler, steps=4,
-                         scheduler="karras")
-    assert torch.equal(amdm_sampler([target], Schedule(), sampler, steps=4, scheduler="karras"),
-                       reference)
-    two = amdm_sampler([target, other], Schedule(end_percent=0.6), sampler, steps=4,
-                       scheduler="karras")
-    assert torch.isfinite(two).all() and not torch.allclose(two, reference)
+    hooked_red = lora_hooked(prompts["red"], fixture_files)
+    plain_before = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler")
+    reference = ksampler(model_a, hooked_red, prompts["empty"], 7.0, "euler")
+    assert not torch.allclose(reference, plain_before), "the hook must act"
+    member_model = {
+        "same MODEL": model_a, "clone": model_a.clone(), "hooked member": model_a,
+        "LoRA clone": run_node("LoraLoaderModelOnly", model=model_a,
+                               lora_name=fixture_files["lora"].name, strength_model=0.5)[0],
+    }[sharing]
+    member_positive = (lora_hooked(prompts["blue"], fixture_files, strength=-1.0)
+                       if sharing == "hooked member" else prompts["blue"])
+    members = [Member(model_a, hooked_red, prompts["empty"], 7.0),
+               Member(member_model, member_positive, prompts["empty"], 5.0, weight=0.0)]
+    out = amdm_sampler(members, Schedule(end_percent=0.6), "euler")
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+    assert torch.equal(ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler"),
+                       plain_before)
+
+
+def test_the_console_progress_bar_counts_every_step(amdm, model_a, model_b, prompts, capfd):
+    import re
+    Member, Schedule = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    capfd.readouterr()
+    amdm_sampler(members, Schedule(start_step=2, end_step=5), "dpmpp_2m", steps=8)
+    bars = re.findall(r"(\d+)/(\d+) \[", capfd.readouterr().err)
+    assert bars and {total for _, total in bars} == {"8"}
+    assert bars[-1] == ("8", "8")

@@ -1,8 +1,15 @@
-"""The shipped example workflows: each API file runs on the real server, and each UI file is
-the same graph as its API twin.
+"""The shipped example workflows: each API file runs on tiny models of its family, and each UI
+file is the same graph as its API twin.
 
-The shipped files use real-world sizes (512x512, 20-30 steps); the runs here use small
-variants derived from them (64x64 images, 4 steps), so that the CPU runs take seconds.
+The shipped files use real-world sizes (512x512 to 1024x1024, 20-30 steps); the runs here use
+small variants derived from them (at most 64 pixels a side, 4 steps, 5 video frames), so that
+the CPU runs take seconds.
+
+Where ComfyUI's stock loaders accept the tiny files (SD1.5 fixtures, SD3.5, Wan) a workflow
+runs through ``/prompt`` on the real server; the SDXL and Flux models are detected only at full
+size, so those workflows run in process with the loader nodes replaced. Text encoders that cannot
+be made small (CLIP-G, T5-XXL, UMT5-XXL) are replaced by the CLIP-L stand-in of
+``support.family_models``.
 """
 from __future__ import annotations
 
@@ -14,12 +21,14 @@ import mimetypes
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
+import torch
 from PIL import Image
 
-from support.comfy_env import find_comfyui
+from support import family_models
+from support.comfy_env import find_comfyui, run_node
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -29,10 +38,14 @@ WORKFLOW_NAMES = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 # Nodes that exist only in the frontend and never reach /prompt.
 FRONTEND_ONLY_TYPES = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# The small variants: pixel geometry shrinks 8x (512 -> 64, so latents are 8x8).
+# The small variants: pixel geometry shrinks so that the longest side is 64 (512 -> 64 for
+# SD1.5, so latents are 8x8), in multiples of 16 (the flow models' 2x2 patches of 8x latents).
 SMALL_STEPS = 4
-GEOMETRY_SCALE = 8
-SMALL_IMAGE_SIZE = 512 // GEOMETRY_SCALE
+SMALL_SIDE = 64
+GEOMETRY_SCALE = 512 // SMALL_SIDE
+SMALL_VIDEO_LENGTH = 5  # frames: two Wan latent frames
+LATENT_SIZE_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "ImageScale")
+TEXT_ENCODER_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
 
 
 def load_ui_workflow(name: str) -> dict:
@@ -43,29 +56,85 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((API_DIR / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def small_value(input_name: str, value: Any) -> Any:
-    """The small-run value of one widget input; unchanged if the input is not a size knob."""
+def small_value(input_name: str, value: Any, scale: float = GEOMETRY_SCALE) -> Any:
+    """The small-run value of one widget input; unchanged if the input is not a size knob.
+    ``scale``: how many times smaller the pixel geometry gets."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     if input_name == "steps":
         return SMALL_STEPS
     if input_name == "batch_size":
         return 1
+    if input_name == "length":
+        return SMALL_VIDEO_LENGTH
     if input_name in ("width", "height"):
-        return max(8, round(value / GEOMETRY_SCALE / 8) * 8)
+        return max(16, round(value / scale / 16) * 16)
     if input_name in ("x", "y"):
-        return round(value / GEOMETRY_SCALE / 8) * 8
+        return round(value / scale / 8) * 8
     return value
 
 
-def small_variant(api_prompt: dict) -> dict:
-    """An API prompt with every size knob (steps, image and box geometry, batch) shrunk."""
+def latent_sizes(api_prompt: dict) -> list[tuple[int, int]]:
+    """(width, height) of every node that sets the size of the latent."""
+    return [(node["inputs"]["width"], node["inputs"]["height"]) for node in api_prompt.values()
+            if node["class_type"] in LATENT_SIZE_NODES]
+
+
+def small_variant(api_prompt: dict, keep_steps: bool = False) -> dict:
+    """An API prompt with every size knob (steps unless ``keep_steps``, image and box geometry,
+    batch, frames) shrunk."""
     prompt = copy.deepcopy(api_prompt)
+    scale = max(max(size) for size in latent_sizes(api_prompt)) / SMALL_SIDE
     for node in prompt.values():
         for input_name, value in node["inputs"].items():
-            if not isinstance(value, list):
-                node["inputs"][input_name] = small_value(input_name, value)
+            if not isinstance(value, list) and not (keep_steps and input_name == "steps"):
+                node["inputs"][input_name] = small_value(input_name, value, scale)
     return prompt
+
+
+def model_names(api_prompt: dict) -> list[str]:
+    """The diffusion-model files the prompt's loader nodes name."""
+    return [node["inputs"][key] for node in api_prompt.values()
+            for key in ("ckpt_name", "unet_name") if key in node["inputs"]]
+
+
+def runs_on_the_server(api_prompt: dict) -> bool:
+    """Whether ComfyUI's stock loaders accept the tiny stand-ins of every model the prompt names."""
+    return all(name not in family_models.MODELS or family_models.MODELS[name].family.stock_loader
+               for name in model_names(api_prompt))
+
+
+def with_text_encoder_stand_in(api_prompt: dict) -> dict:
+    """Every text-encoder loader replaced by CLIPLoader on the CLIP-L stand-in, type sd3 (the
+    context and pooled shapes of SD3, Flux and Wan)."""
+    prompt = copy.deepcopy(api_prompt)
+    for node in prompt.values():
+        if node["class_type"] in TEXT_ENCODER_LOADERS:
+            node["class_type"] = "CLIPLoader"
+            node["inputs"] = {"clip_name": family_models.CLIP_L_NAME, "type": "sd3", "device": "default"}
+    return prompt
+
+
+def run_in_process(api_prompt: dict, replaced: dict[str, Callable[..., tuple]],
+                   outputs_of: Optional[list[str]] = None) -> dict[str, tuple]:
+    """Execute an API prompt node by node in this process; a node whose class_type is in
+    ``replaced`` gets that function's outputs instead of running. Runs the nodes that
+    ``outputs_of`` (default: every node) need; returns the outputs of every node that ran."""
+    outputs: dict[str, tuple] = {}
+
+    def evaluate(node_id: str) -> tuple:
+        if node_id not in outputs:
+            node = api_prompt[node_id]
+            inputs = {name: evaluate(value[0])[value[1]] if isinstance(value, list) else value
+                      for name, value in node["inputs"].items()}
+            run = replaced.get(node["class_type"])
+            outputs[node_id] = run(**inputs) if run else run_node(node["class_type"], **inputs)
+        return outputs[node_id]
+
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        for node_id in api_prompt if outputs_of is None else outputs_of:
+            evaluate(node_id)
+    return outputs
 
 
 def input_images(api_prompt: dict) -> set[str]:
@@ -199,10 +268,11 @@ def test_every_example_has_both_forms() -> None:
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_examples_use_real_world_sizes(name: str) -> None:
-    """The shipped files are for real use; only the test runs shrink them."""
+    """The shipped files are for real use (512x512 and up, Wan's 832x480 video); only the test
+    runs shrink them."""
     prompt = load_api_workflow(name)
-    latents = [node["inputs"] for node in prompt.values() if node["class_type"] in ("EmptyLatentImage", "ImageScale")]
-    assert latents and all(inputs["width"] >= 512 and inputs["height"] >= 512 for inputs in latents)
+    sizes = latent_sizes(prompt)
+    assert sizes and all(min(size) >= 480 and size[0] * size[1] >= 512 * 512 for size in sizes)
     steps = [node["inputs"]["steps"] for node in prompt.values() if "steps" in node["inputs"]]
     assert steps and all(20 <= s <= 30 for s in steps)
 
@@ -245,19 +315,106 @@ def test_comparison_sees_a_changed_widget_and_a_moved_link(comfy_server) -> None
     assert any(".schedule" in problem for problem in problems)
 
 
-@pytest.mark.parametrize("name", WORKFLOW_NAMES)
-def test_api_workflow_runs(comfy_server, name: str) -> None:
-    prompt = small_variant(load_api_workflow(name))
-    assert any(node["class_type"] in ("AMDMSampler", "AMDMGuider") for node in prompt.values())
-    provide_input_images(comfy_server.url, prompt)
+SERVER_WORKFLOWS = [name for name in WORKFLOW_NAMES if runs_on_the_server(load_api_workflow(name))]
+IN_PROCESS_WORKFLOWS = [name for name in WORKFLOW_NAMES if name not in SERVER_WORKFLOWS]
 
-    entry = comfy_server.wait(comfy_server.queue(prompt), timeout=900)
+
+def test_every_family_example_runs_somewhere() -> None:
+    assert set(IN_PROCESS_WORKFLOWS) == {"amdm_sdxl", "amdm_flux_dev_schnell"}
+    assert {"amdm_sd35_guider", "amdm_wan21_t2v"} <= set(SERVER_WORKFLOWS)
+
+
+@pytest.mark.parametrize("name", SERVER_WORKFLOWS)
+def test_api_workflow_runs(family_server, name: str) -> None:
+    prompt = with_text_encoder_stand_in(small_variant(load_api_workflow(name)))
+    assert any(node["class_type"] in ("AMDMSampler", "AMDMGuider") for node in prompt.values())
+    provide_input_images(family_server.url, prompt)
+    [(width, height)] = latent_sizes(prompt)
+
+    entry = family_server.wait(family_server.queue(prompt), timeout=900)
 
     assert entry["status"]["status_str"] == "success"
     assert entry["status"]["completed"] is True
     images = saved_images(entry)
     assert len(images) == 1
-    path = Path(comfy_server.output_dir) / images[0]["subfolder"] / images[0]["filename"]
+    path = Path(family_server.output_dir) / images[0]["subfolder"] / images[0]["filename"]
     assert path.is_file()
     with Image.open(path) as image:
-        assert image.size == (SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE)
+        assert image.size == (width, height)
+        videos = [node["inputs"]["length"] for node in prompt.values() if "length" in node["inputs"]]
+        assert getattr(image, "n_frames", 1) == (videos[0] if videos else 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaders(comfy, pack, load_checkpoint, load_family_model, family_clip) -> dict[str, Callable[..., tuple]]:
+    """Loader nodes for in-process runs: every diffusion model becomes the tiny one of the same
+    name (SD1.5 fixtures, family models), every text encoder the CLIP-L stand-in (type sd3; for
+    SDXL checkpoints type stable_diffusion, the tiny SDXL's width), SDXL's VAE the SD1.5
+    fixture's (the same architecture)."""
+    def checkpoint(ckpt_name: str) -> tuple:
+        if ckpt_name in family_models.MODELS:
+            return (load_family_model(ckpt_name), family_clip("stable_diffusion"),
+                    load_checkpoint(0).vae)
+        return tuple(load_checkpoint(ckpt_name))
+
+    return {
+        "CheckpointLoaderSimple": checkpoint,
+        "UNETLoader": lambda unet_name, weight_dtype: (load_family_model(unet_name),),
+        **{loader: lambda **_: (family_clip("sd3"),) for loader in TEXT_ENCODER_LOADERS},
+    }
+
+
+@pytest.mark.parametrize("name", IN_PROCESS_WORKFLOWS)
+def test_api_workflow_runs_in_process_with_tiny_loaders(comfy, tiny_loaders, name: str) -> None:
+    """The whole graph runs as shipped (small sizes) except its loader nodes."""
+    prompt = small_variant(load_api_workflow(name))
+    [(width, height)] = latent_sizes(prompt)
+    saved_before = set(Path(comfy.output_dir).rglob("*.png"))
+
+    outputs = run_in_process(prompt, tiny_loaders)
+
+    [decoded] = [outputs[node_id][0] for node_id, node in prompt.items() if node["class_type"] == "VAEDecode"]
+    assert decoded.shape == (1, height, width, 3)
+    assert torch.isfinite(decoded).all()
+    [saved] = set(Path(comfy.output_dir).rglob("*.png")) - saved_before
+    with Image.open(saved) as image:
+        assert image.size == (width, height)
+
+
+# Sampler steps of each member at the example's shipped settings, in chain order: the target
+# takes every step, the others the window's. The README and the examples' notes quote them.
+EXAMPLE_STEPS = {
+    "amdm_two_members": [25, 10],
+    "amdm_sdxl": [25, 10],
+    "amdm_flux_dev_schnell": [20, 6],
+    "amdm_sd35_guider": [28, 12],
+    "amdm_wan21_t2v": [30, 11],
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_STEPS))
+def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str) -> None:
+    """Each member's model is watched (ComfyUI's unet function wrapper) where it enters its
+    ModelStack; the shipped steps run on small latents up to the sampler."""
+    prompt = small_variant(load_api_workflow(name), keep_steps=True)
+    sigmas: list[list[float]] = []
+
+    def watched_member(model: Any, **inputs: Any) -> tuple:
+        seen: list[float] = []
+        watched = model.clone()
+
+        def wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+            seen.append(float(args["timestep"][0]))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        watched.set_model_unet_function_wrapper(wrapper)
+        sigmas.append(seen)
+        return run_node("ModelStack", model=watched, **inputs)
+
+    samplers = [node_id for node_id, node in prompt.items()
+                if node["class_type"] in ("AMDMSampler", "SamplerCustomAdvanced")]
+    run_in_process(prompt, {**tiny_loaders, "ModelStack": watched_member}, outputs_of=samplers)
+
+    # A step evaluates its positive and negative prompt at one sigma, in one call or two.
+    steps = [sum(1 for i, t in enumerate(seen) if i == 0 or t != seen[i - 1]) for seen in sigmas]
+    assert steps == EXAMPLE_STEPS[name]

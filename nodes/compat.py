@@ -1,0 +1,338 @@
+"""Every use of ComfyUI that is not a public node or a documented extension point.
+
+The rest of the pack imports nothing from ComfyUI: it calls these functions, so that a
+change in ComfyUI's internals is mended here, once. Differences between ComfyUI versions
+are found by feature detection (signatures, attributes), never by version numbers.
+Tested against ComfyUI 0.3.64; the branches for newer ComfyUI follow its sources
+(multi-GPU clones and thread pool, deep clones, latents with spatial/temporal ratios).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import re
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import psutil
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sample
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+logger = logging.getLogger(__name__)
+
+CFGGuider = comfy.samplers.CFGGuider
+KSAMPLER = comfy.samplers.KSAMPLER
+SAMPLER_NAMES: list[str] = comfy.samplers.KSampler.SAMPLERS
+SCHEDULER_NAMES: list[str] = comfy.samplers.KSampler.SCHEDULERS
+InterruptError = comfy.model_management.InterruptProcessingException
+
+
+def _accepts(function: Callable, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --- samplers ---------------------------------------------------------------------------
+
+def is_plain_ksampler(sampler: Any) -> bool:
+    """A k-diffusion SAMPLER that ComfyUI runs as ``sampler_function(model, x, sigmas,
+    ...)``: the only kind that can be driven one step at a time."""
+    return isinstance(sampler, KSAMPLER) and type(sampler).sample is KSAMPLER.sample
+
+
+def sampler_parts(sampler: Any) -> tuple[Callable, dict, dict]:
+    """(sampler_function, extra_options, inpaint_options) of a plain KSAMPLER."""
+    return sampler.sampler_function, sampler.extra_options, sampler.inpaint_options
+
+
+def sampler_function(name: str) -> Callable:
+    """The k-diffusion function ComfyUI runs for the sampler ``name``."""
+    return comfy.samplers.ksampler(name).sampler_function
+
+
+def sampler_object(name: str) -> Any:
+    return comfy.samplers.sampler_object(name)
+
+
+def make_ksampler(function: Callable, inpaint_options: dict) -> Any:
+    return KSAMPLER(function, inpaint_options=inpaint_options)
+
+
+# --- models -----------------------------------------------------------------------------
+
+def model_sampling(patcher: Any) -> Any:
+    return patcher.get_model_object("model_sampling")
+
+
+def latent_format(patcher: Any) -> Any:
+    return patcher.get_model_object("latent_format")
+
+
+def is_flow_matching(sampling: Any) -> bool:
+    return isinstance(sampling, comfy.model_sampling.CONST)
+
+
+def clone_patcher(patcher: Any) -> Any:
+    return patcher.clone()
+
+
+def load_device(patcher: Any) -> torch.device:
+    """Where the MODEL is evaluated (cpu:N is the one CPU)."""
+    device = torch.device(patcher.load_device)
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
+def shares_weights_storage(a: Any, b: Any) -> bool:
+    """Whether two MODELs are patchers of one torch module (clones of one checkpoint)."""
+    return a.model is b.model
+
+
+# --- latents, noise, sigmas ---------------------------------------------------------------
+
+def fix_empty_latent_channels(patcher: Any, latent: dict) -> torch.Tensor:
+    """The LATENT's samples with the channels the model expects (an empty latent made for
+    another family), passing the spatial/temporal ratios where ComfyUI takes them."""
+    function = comfy.sample.fix_empty_latent_channels
+    extra = {key: latent.get(key) for key in ("downscale_ratio_spacial", "downscale_ratio_temporal")
+             if _accepts(function, key)}
+    return function(patcher, latent["samples"], **extra)
+
+
+def prepare_noise(latent: torch.Tensor, seed: int,
+                  batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
+    return comfy.sample.prepare_noise(latent, seed, batch_index)
+
+
+def scheduler_sigmas(patcher: Any, steps: int, sampler_name: str, scheduler: str,
+                     denoise: float) -> torch.Tensor:
+    """The sigmas KSampler would run with these settings."""
+    return comfy.samplers.KSampler(patcher, steps=steps, device=patcher.load_device,
+                                   sampler=sampler_name, scheduler=scheduler, denoise=denoise,
+                                   model_options=patcher.model_options).sigmas
+
+
+def is_nested(latent: torch.Tensor) -> bool:
+    """Nested latents (several latents packed, as audio-video models use) in newer ComfyUI."""
+    return bool(getattr(latent, "is_nested", False))
+
+
+# --- progress, previews, interrupt --------------------------------------------------------
+
+def preview_callback(patcher: Any, steps: int) -> Callable:
+    return latent_preview.prepare_callback(patcher, steps)
+
+
+def progress_bar_enabled() -> bool:
+    return comfy.utils.PROGRESS_BAR_ENABLED
+
+
+def intermediate_device() -> torch.device:
+    return comfy.model_management.intermediate_device()
+
+
+def throw_if_interrupted() -> None:
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+# --- a guider's live state while its sample() runs ----------------------------------------
+
+def estimate_memory(guider: Any, shape: Sequence[int]) -> tuple[int, int]:
+    """What ComfyUI reserves when it loads this guider's model for latents of ``shape``
+    (conds' extra models, a ControlNet's inference memory included)."""
+    return comfy.sampler_helpers.estimate_memory(guider.model_patcher, shape,
+                                                 guider.original_conds)
+
+
+def guider_patchers(guider: Any) -> list[Any]:
+    """The patchers a guider's evaluation runs on: its model's, and the multi-GPU clones
+    newer ComfyUI prepares for it (model_options["multigpu_clones"])."""
+    clones = guider.model_options.get("multigpu_clones", {}) if guider.model_options else {}
+    return [guider.model_patcher, *clones.values()]
+
+
+def ensure_loaded(guider: Any, memory_required: int, minimum_memory_required: int) -> None:
+    """Load the guider's model (and the models its conds need) if another member's load
+    evicted it, reserving what ComfyUI's own sampling prepare reserves; then make each of
+    its patchers the current one of its torch module (clones of one checkpoint share the
+    module, and its current_patcher decides whose hooks and patches apply)."""
+    patchers = guider_patchers(guider)
+    loaded = comfy.model_management.loaded_models()
+    if any(p not in loaded for p in [*patchers, *guider.loaded_models]):
+        comfy.model_management.load_models_gpu(
+            [*patchers, *guider.loaded_models], memory_required=memory_required,
+            minimum_memory_required=minimum_memory_required)
+    for patcher in patchers:
+        if patcher.model.current_patcher is not patcher:
+            patcher.pre_run()
+
+
+def prepare_controls_again(guider: Any) -> None:
+    """Prepare the guider's ControlNets again (another guider's cleanup reset a ControlNet
+    object both share)."""
+    for conds in guider.conds.values():
+        comfy.samplers.pre_run_control(guider.inner_model, conds)
+
+
+# --- several devices ----------------------------------------------------------------------
+
+def device_pool(devices: Iterable[torch.device]) -> Optional[Any]:
+    """ComfyUI's multi-GPU thread pool over ``devices`` (one worker per device), where the
+    installed ComfyUI has one; None otherwise (members then run one after another)."""
+    try:
+        import comfy.multigpu
+    except ImportError:
+        return None
+    pool_class = getattr(comfy.multigpu, "MultiGPUThreadPool", None)
+    return pool_class(list(devices)) if pool_class is not None else None
+
+
+# --- declared support -----------------------------------------------------------------------
+
+# The ComfyUI versions this pack declares (pyproject.toml [tool.comfy] requires-comfyui):
+# run and tested on the lowest; the newest read from its sources.
+SUPPORTED_COMFYUI = ">=0.3.64,<0.39"
+_COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+            "<": lambda a, b: a < b, "==": lambda a, b: a == b}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def in_supported_range(version: str, spec: str = SUPPORTED_COMFYUI) -> bool:
+    """Whether ``version`` satisfies every clause of ``spec`` (">=0.3.64,<0.39")."""
+    for clause in spec.split(","):
+        operator, bound = re.match(r"\s*([<>=]=?)\s*(\S+)", clause).groups()
+        if not _COMPARE[operator](_version_tuple(version), _version_tuple(bound)):
+            return False
+    return True
+
+
+def running_comfyui_version() -> Optional[str]:
+    try:
+        import comfyui_version
+    except ImportError:
+        return None
+    return getattr(comfyui_version, "__version__", None)
+
+
+def warn_if_unsupported(version: Optional[str]) -> bool:
+    """Log one warning when the running ComfyUI is outside the declared range; returns
+    whether it warned."""
+    if version is None or in_supported_range(version):
+        return False
+    logger.warning("comfyui-amdm declares ComfyUI %s and found %s: it may work, but it was "
+                   "not tested there", SUPPORTED_COMFYUI, version)
+    return True
+
+
+# --- members that share weights ---------------------------------------------------------------
+
+# The model_options key of ComfyUI's hook for replacing calc_cond_batch inside
+# sampling_function (each member's CFG path stays ComfyUI's own).
+CALC_COND_BATCH_HOOK = "sampler_calc_cond_batch_function"
+
+
+def calc_cond_batch(model: Any, conds: list, x: torch.Tensor, timestep: torch.Tensor,
+                    model_options: dict) -> list[torch.Tensor]:
+    """ComfyUI's batched evaluation of several cond lists at one latent; it splits the
+    batch by its own free-memory estimate."""
+    return comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Patchers of one torch module whose weight patches are the same (ComfyUI's own
+    test of clones that share their weights)."""
+    return shares_weights_storage(a, b) and bool(a.clone_has_same_weights(b))
+
+
+def _same_options(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_options(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_options(x, y) for x, y in zip(a, b))
+    return a is b or (isinstance(a, (str, int, float, bool)) and a == b)
+
+
+def same_model_options(a: Any, b: Any) -> bool:
+    """Whether two MODELs evaluate alike apart from weights: the same attention patches,
+    wrappers and options (compared by identity; copies of patch objects count as
+    different)."""
+    return _same_options(a.model_options, b.model_options)
+
+
+def conds_have_hooks(guider: Any) -> bool:
+    return any("hooks" in cond for conds in guider.original_conds.values() for cond in conds)
+
+
+def guider_conds(guider: Any, cfg1_optimised: bool) -> list[Optional[list]]:
+    """[positive, negative] as the guider's sampling_function passes them to
+    calc_cond_batch (negative None at cfg 1 unless the sampler disables that shortcut)."""
+    negative = None if cfg1_optimised and math.isclose(guider.cfg, 1.0) else \
+        guider.conds.get("negative")
+    return [guider.conds.get("positive"), negative]
+
+
+def cfg1_optimised(model_options: dict) -> bool:
+    return not model_options.get("disable_cfg1_optimization", False)
+
+
+def model_bytes(patcher: Any) -> int:
+    return patcher.model_size()
+
+
+def can_hold_resident_copy(patcher: Any, window_bytes: int) -> tuple[bool, str]:
+    """Whether one more copy of ``patcher``'s weights fits beside ``window_bytes`` of
+    other weights the window keeps on the same device, by ComfyUI's memory state and its
+    inference reserve; when not, the reason."""
+    state = comfy.model_management.vram_state
+    if state in (comfy.model_management.VRAMState.LOW_VRAM,
+                 comfy.model_management.VRAMState.NO_VRAM):
+        return False, f"ComfyUI runs in {state.name} mode"
+    device = patcher.load_device
+    size = patcher.model_size()
+    needed = window_bytes + size + comfy.model_management.minimum_inference_memory()
+    total = comfy.model_management.get_total_memory(device)
+    if needed > total:
+        return False, (f"{needed / 2**30:.1f} GiB of weights and inference memory exceed "
+                       f"the {total / 2**30:.1f} GiB of {device}")
+    available = psutil.virtual_memory().available
+    if size > available:
+        return False, f"{size / 2**30:.1f} GiB more exceed the {available / 2**30:.1f} GiB of free RAM"
+    return True, ""
+
+
+def independent_copy(patcher: Any) -> Any:
+    """A patcher with the same patches and options on a torch module of its own.
+
+    Newer ComfyUI builds it from the checkpoint's loader (clone(force_deepcopy=True));
+    older ones get a deep copy of the module taken while it is unpatched (ComfyUI
+    restores a module's original weights when it unloads it, as it does for clones)."""
+    if _accepts(patcher.clone, "force_deepcopy") and \
+            getattr(patcher, "cached_patcher_init", None) is not None:
+        return patcher.clone(force_deepcopy=True)
+    loaded = comfy.model_management.current_loaded_models
+    for entry in [e for e in loaded if e.model is not None and e.model.model is patcher.model]:
+        entry.model_unload()
+        loaded.remove(entry)
+    module = patcher.model
+    current, module.current_patcher = getattr(module, "current_patcher", None), None
+    try:
+        copied = copy.deepcopy(module)
+    finally:
+        module.current_patcher = current
+    own = patcher.clone()
+    own.model = copied
+    own.backup, own.object_patches_backup, own.hook_backup = {}, {}, {}
+    own.cached_hook_patches = {}
+    return own

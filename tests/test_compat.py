@@ -1,0 +1,122 @@
+"""Everything the pack uses of ComfyUI's internals goes through nodes/compat.py; the
+declared ComfyUI range is the one the code checks; members on other devices."""
+from __future__ import annotations
+
+import ast
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from support.comfy_env import REPO_ROOT, run_node
+from support.sampling import amdm, amdm_sampler, model_a, model_b, prompts  # noqa: F401
+
+# Top-level modules that belong to ComfyUI (besides the comfy package itself).
+COMFY_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "latent_preview",
+                 "folder_paths", "server", "nodes", "node_helpers", "execution",
+                 "comfyui_version"}
+# Attributes of ComfyUI objects that no public node or documented API exposes.
+INTERNAL_ATTRIBUTES = {"current_patcher", "pre_run", "loaded_models", "original_conds",
+                       "inner_model", "sampler_function", "extra_options", "inpaint_options",
+                       "load_models_gpu", "pre_run_control", "estimate_memory",
+                       "fix_empty_latent_channels", "prepare_noise", "model_options",
+                       "get_model_object", "load_device"}
+COMPAT = REPO_ROOT / "nodes" / "compat.py"
+
+
+def _pack_sources() -> list[Path]:
+    return [REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").glob("*.py"))]
+
+
+def _comfy_uses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            uses += [f"import {a.name}" for a in node.names
+                     if a.name.split(".")[0] in COMFY_MODULES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] in COMFY_MODULES:
+            uses.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES and not (
+                isinstance(node.value, ast.Name) and node.value.id == "compat"):
+            uses.append(f".{node.attr} (line {node.lineno})")
+    return uses
+
+
+def test_every_use_of_comfyui_internals_goes_through_compat():
+    assert _comfy_uses(COMPAT), "the scan must see compat's own uses"
+    bypasses = {path.name: uses for path in _pack_sources() if path != COMPAT
+                for uses in [_comfy_uses(path)] if uses}
+    assert bypasses == {}
+
+
+def test_the_declared_comfyui_range_is_the_checked_one(pack):
+    import tomllib
+
+    from comfyui_amdm.nodes import compat
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["comfy"]
+    assert declared["requires-comfyui"] == compat.SUPPORTED_COMFYUI
+    assert compat.in_supported_range(compat.running_comfyui_version())
+    assert compat.in_supported_range("0.38.1")
+    assert not compat.in_supported_range("0.3.63")
+    assert not compat.in_supported_range("0.39.0")
+
+
+def test_an_unsupported_comfyui_gets_one_warning_at_import(pack):
+    """The pack imported into a ComfyUI that reports another version logs the warning
+    once; the running (supported) one logs nothing."""
+    code = (
+        "import logging, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(name)s|%(message)s')\n"
+        "from support import comfy_env\n"
+        "comfy_env.setup_comfy_in_process()\n"
+        "import comfyui_version\n"
+        "if sys.argv[2] != 'running': comfyui_version.__version__ = sys.argv[2]\n"
+        "comfy_env.load_pack()\n")
+
+    def import_log(version: str) -> str:
+        result = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "tests"), version],
+                                capture_output=True, text=True, timeout=300, cwd="/")
+        assert result.returncode == 0, result.stderr[-2000:]
+        return "\n".join(line for line in result.stderr.splitlines() if "comfyui_amdm" in line)
+
+    assert "declares ComfyUI" not in import_log("running")
+    warned = import_log("0.40.2")
+    assert warned.count("comfyui-amdm declares ComfyUI >=0.3.64,<0.39 and found 0.40.2") == 1
+
+
+def test_a_member_loading_on_another_device_object_runs(amdm, model_a, model_b, prompts):
+    """A member whose MODEL loads on another device object steps there and hands its
+    proposal back to the target's device (on this CPU-only machine: cpu:0 beside cpu,
+    the same memory, so the result must be the same)."""
+    Member, Schedule = amdm
+    elsewhere = model_b.clone()
+    elsewhere.load_device = torch.device("cpu", 0)
+    target = Member(model_a, prompts["red"], prompts["empty"], 7.0)
+    schedule = Schedule(end_percent=0.6)
+    here = amdm_sampler([target, Member(model_b, prompts["blue"], prompts["empty"], 5.0)],
+                        schedule, "euler")
+    there = amdm_sampler([target, Member(elsewhere, prompts["blue"], prompts["empty"], 5.0)],
+                         schedule, "euler")
+    torch.testing.assert_close(there, here, rtol=1e-5, atol=1e-5)
+
+
+def test_clones_of_one_checkpoint_on_two_devices_are_refused(amdm, model_a, prompts,
+                                                             fixture_files):
+    """One set of weights cannot live on two devices: refused before sampling, saying
+    what to do."""
+    Member, Schedule = amdm
+    lora_clone = run_node("LoraLoaderModelOnly", model=model_a,
+                          lora_name=fixture_files["lora"].name, strength_model=1.0)[0]
+    lora_clone.load_device = torch.device("meta")
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(lora_clone, prompts["blue"], prompts["empty"], 5.0, name="style")]
+    with pytest.raises(ValueError, match="AMDMSampler: member 1 and member 2 \\('style'\\) are "
+                                         "clones of one checkpoint .* load on cpu and meta: "
+                                         "load the checkpoint once per device"):
+        amdm_sampler(members, Schedule(), "euler")
