@@ -174,7 +174,7 @@ def short_study(pack):
               rows.amdm_row("AMDM modes", replace(full, guidance="averaged")),
               rows.amdm_row("AMDM window", replace(full, end_percent=0.6)),
               rows.amdm_row("AMDM preset", rows.BUDGET_PRESET)]
-    two = [rows.alone_row("colour"), *rows.two_member_rows()[4:5]]
+    two = [rows.alone_row("colour"), *rows.two_member_rows(rows.BUDGET_PRESET)[4:5]]
     config = study.StudyConfig(requests=REQUESTS, seeds=1)
     try:
         ecosystems = [models.load_ecosystem(seed) for seed in ECOSYSTEMS]
@@ -183,7 +183,7 @@ def short_study(pack):
     finally:
         torch.set_num_threads(threads)
         comfy.utils.set_progress_bar_enabled(progress_bar)
-    outcome = run.Outcome(tables["three"], tables["two"], study.Presets(rows.BUDGET_PRESET, None), None, ECOSYSTEMS)
+    outcome = run.Outcome(tables["three"], tables["two"], study.Presets(rows.BUDGET_PRESET, None), ECOSYSTEMS)
     return ecosystems, config, outcome
 
 

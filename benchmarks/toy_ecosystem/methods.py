@@ -62,13 +62,15 @@ class EvaluationCounter:
 
     rows: int = 0
 
-    def wrapper(self, apply_model: Callable, args: dict) -> torch.Tensor:
-        self.rows += args["input"].shape[0]
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
     def counted(self, model: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+        # A function, not a bound method: ModelPatcher.clone deep-copies model_options,
+        # which would copy a method's counter along with it (functions are not copied).
+        def count_rows(apply_model: Callable, args: dict) -> torch.Tensor:
+            self.rows += args["input"].shape[0]
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
         counted_model = model.clone()
-        counted_model.set_model_unet_function_wrapper(self.wrapper)
+        counted_model.set_model_unet_function_wrapper(count_rows)
         return counted_model
 
 

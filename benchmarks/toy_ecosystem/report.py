@@ -120,17 +120,16 @@ FAMILIES = (
     ("score sum", (20, 20, 20), lambda s: s.row.name.startswith("score sum")),
     ("AMDM, averaged guidance", (60, 110, 220), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "averaged"),
     ("AMDM, full guidance", (30, 160, 80), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "full"),
-    ("guidance sum vs. target's uncond.", (150, 60, 190), lambda s: s.row.name.startswith("guidance sum")),
 )
 PRESET_COLOUR = (210, 40, 40)
 JITTER = 7  # pixels between rows of equal cost in the plot
 
 
-def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, first_number: int = 1,
-                  size: tuple[int, int] = (980, 640)) -> None:
+def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep: Sequence[RowSummary] = (),
+                  first_number: int = 1, size: tuple[int, int] = (980, 640)) -> None:
     """Joint accuracy (mean over ecosystems, bars: one standard error) against model
-    evaluations per image; points numbered as in the table. The full-guidance window
-    sweep is joined by a line."""
+    evaluations per image; points numbered as in the table; the rows of ``sweep`` (a
+    window sweep) joined by a line."""
     width, height = size
     left, right, top, bottom = 70, 250, 50, 60
     x_max = 10 * (int(max(s.evaluations_per_image for s in summaries)) // 10 + 2)
@@ -169,9 +168,10 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, first
         x, y = to_pixel(summary.evaluations_per_image, summary.joint.mean)
         return x + offsets[number], y
 
-    sweep = sorted(((n, s) for n, s in numbered if s.row.group == "AMDM window"), key=lambda n_s: n_s[1].evaluations_per_image)
-    if len(sweep) > 1:
-        draw.line([place(n, s) for n, s in sweep], fill=FAMILIES[-2][1], width=2)
+    line = sorted(((n, s) for n, s in numbered if any(s is member for member in sweep)),
+                  key=lambda n_s: n_s[1].evaluations_per_image)
+    if len(line) > 1:
+        draw.line([place(n, s) for n, s in line], fill=(120, 120, 120), width=2)
     for number, summary in numbered:
         colour = next((c for _, c, member in FAMILIES if member(summary)), (0, 0, 0))
         if summary.row.group == "AMDM preset":
@@ -191,7 +191,7 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, first
         draw.ellipse([legend_x, y + 3, legend_x + 10, y + 13], fill=colour)
         draw.text((legend_x + 16, y + 8), name, fill=(0, 0, 0), font=small, anchor="lm")
     note = ("numbers: rows of the README table; bars: one standard error over the ecosystems; "
-            "rows of equal cost are spread sideways; line: the full-guidance window sweep")
+            "rows of equal cost are spread sideways; line: the window sweep around the budget preset")
     for index, line in enumerate(wrap(note, right - 24, small)):
         draw.text((legend_x, legend_y + len(entries) * 22 + 12 + index * 14), line, fill=(90, 90, 90), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)

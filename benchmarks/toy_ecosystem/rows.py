@@ -136,13 +136,20 @@ def default_amdm(members: tuple[str, ...] = MEMBERS, target: str = TARGET) -> AM
     return AMDMSettings(target_member=members.index(target) + 1)
 
 
+def explicit(aggregation: str, noise_mode: str, guidance: str, others_cfg_factor: float, end_percent: float,
+             members: tuple[str, ...] = MEMBERS, target: str = TARGET) -> AMDMSettings:
+    """AMDM settings that name every choice the study varies (a window from step 0, no
+    deviation, constant weights), so that they mean the same whatever the defaults."""
+    return replace(default_amdm(members, target), aggregation=aggregation, noise_mode=noise_mode, guidance=guidance,
+                   others_cfg_factor=others_cfg_factor, start_percent=0.0, end_percent=end_percent,
+                   deviation_mode="none", deviation_strength=0.0, weight_curve="constant")
+
+
 # The chosen settings: what `--full` selects on the development ecosystems by
 # study.choose_presets, recorded here so that the main job reports them without the
 # selection sweep. `--full` checks that its choice still equals them.
-BUDGET_PRESET = replace(default_amdm(), start_percent=0.0, end_percent=0.4, aggregation="linear",
-                        guidance="full", others_cfg_factor=2.0, deviation_mode="none", weight_curve="constant")
+BUDGET_PRESET = explicit("linear", "shared", "full", 2.0, 0.4)
 MATCH_PRESET: AMDMSettings | None = None
-
 
 # Aggregations that keep the merged latent at the scale its noise level expects: linear
 # only with shared noise (averaging N independent noises shrinks them by 1/sqrt(N)),
@@ -150,16 +157,15 @@ MATCH_PRESET: AMDMSettings | None = None
 NORM_SAFE = (("linear", "shared"), ("slerp", "shared"), ("slerp", "independent"))
 # Guidance with the others' CFG factor: the former behaviour, its manual compensation
 # (others' cfg x N), the guidance option, and the option with the others boosted.
-GUIDANCE_CHOICES = (("averaged", 1.0), ("averaged", float(len(MEMBERS))), ("full", 1.0), ("full", 2.0))
+GUIDANCE_CHOICES = (("averaged", 1.0), ("averaged", float(len(MEMBERS))), ("full", 1.0), ("full", 2.0),
+                    ("full", float(len(MEMBERS))))
 WINDOW_ENDS = (0.2, 0.4, 0.6, 0.8)
 
 
 def candidate_settings() -> list[AMDMSettings]:
     """The grid the presets are chosen from: every norm-safe aggregation, guidance choice
-    and window length (from step 0), other settings at the pack's defaults."""
-    base = default_amdm()
-    return [replace(base, aggregation=aggregation, noise_mode=noise, guidance=guidance, others_cfg_factor=factor,
-                    start_percent=0.0, end_percent=end)
+    and window length."""
+    return [explicit(aggregation, noise, guidance, factor, end)
             for aggregation, noise in NORM_SAFE for guidance, factor in GUIDANCE_CHOICES for end in WINDOW_ENDS]
 
 
@@ -169,38 +175,49 @@ def _unique(rows: list[Row]) -> list[Row]:
 
 
 def three_member_rows(budget: AMDMSettings, match: AMDMSettings | None) -> list[Row]:
-    """The main table: every way of combining the three members, target shape."""
-    default = default_amdm()
-    averaged = replace(default, guidance="averaged")
-    full = replace(default, guidance="full")
-    other_noise = "independent" if default.noise_mode == "shared" else "shared"
+    """The main table, target shape: the baselines; the pack's defaults; every norm-safe
+    aggregation (and linear with independent noise, which is not) with both guidance
+    modes at the budget preset's window; the paper's weights; the manual compensation;
+    the presets; the window sweep and the other options around the budget preset."""
     rows = [alone_row("base"), *(alone_row(name) for name in MEMBERS),
             handoff_row(MEMBERS, TARGET, 2), handoff_row(MEMBERS, TARGET, 4), merge_row(),
             score_sum_row(MEMBERS, TARGET), score_sum_row(MEMBERS, TARGET, replace(SETTINGS, steps=SHORT_STEPS))]
-    rows += [amdm_row("AMDM modes", replace(averaged, aggregation=mode)) for mode in ("linear", "slerp", "paper")]
-    rows.append(amdm_row("AMDM modes", replace(averaged, others_cfg_factor=float(len(MEMBERS)))))
-    rows.append(amdm_row("AMDM modes", replace(full, aggregation="slerp")))
-    rows += [amdm_row("AMDM window", replace(full, aggregation="linear", start_percent=0.0, end_percent=end))
-             for end in (0.2, 0.4, 0.6, 0.8, 1.0)]
-    rows += [amdm_row("AMDM options", replace(full, noise_mode=other_noise)),
-             amdm_row("AMDM options", replace(full, deviation_mode="relative", deviation_strength=0.25)),
-             amdm_row("AMDM options", replace(full, weight_curve="cosine_decay"))]
-    rows += [amdm_row("AMDM options", replace(full, target_member=MEMBERS.index(name) + 1))
-             for name in MEMBERS if name != TARGET]
+    rows.append(amdm_row("AMDM defaults", default_amdm()))
+    rows += [amdm_row("AMDM modes", replace(budget, aggregation=aggregation, noise_mode=noise, guidance=guidance,
+                                            others_cfg_factor=1.0))
+             for aggregation, noise in (*NORM_SAFE, ("linear", "independent")) for guidance in ("averaged", "full")]
+    rows.append(amdm_row("AMDM modes", replace(budget, aggregation="paper", noise_mode="independent",
+                                               guidance="averaged", others_cfg_factor=1.0)))
+    rows.append(amdm_row("AMDM modes", replace(budget, guidance="averaged", others_cfg_factor=float(len(MEMBERS)))))
     rows += [amdm_row("AMDM preset", preset) for preset in (budget, match) if preset is not None]
-    rows += [relative_sum_row(steps) for steps in (8, 12, 16)]
+    rows += [amdm_row("AMDM window", replace(budget, end_percent=end)) for end in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    rows += [amdm_row("AMDM options", replace(budget, deviation_mode="relative", deviation_strength=0.25)),
+             amdm_row("AMDM options", replace(budget, weight_curve="cosine_decay"))]
+    rows += [amdm_row("AMDM options", replace(budget, target_member=MEMBERS.index(name) + 1))
+             for name in MEMBERS if name != TARGET]
     return _unique(rows)
 
 
-def two_member_rows() -> list[Row]:
+def sweep(budget: AMDMSettings, amdm: AMDMSettings | None) -> bool:
+    """Whether a row belongs to the window sweep around the budget preset."""
+    return amdm is not None and amdm == replace(budget, end_percent=amdm.end_percent)
+
+
+def two_member_rows(budget: AMDMSettings) -> list[Row]:
     """The paper's case, two members (layout into attribute, target colour): the
-    reference implementation's setting next to linear and slerp, and the pack's."""
+    reference implementation's setting next to linear and slerp, and the budget preset's
+    settings for two members."""
     paper = replace(default_amdm(PAIR, PAIR_TARGET), start_percent=PAPER_WINDOW[0], end_percent=PAPER_WINDOW[1],
                     aggregation="paper", guidance="averaged", noise_mode="independent",
                     deviation_mode="absolute", deviation_strength=PAPER_DEVIATION)
-    full = replace(default_amdm(PAIR, PAIR_TARGET), guidance="full")
+    pair_budget = replace(budget, target_member=PAIR.index(PAIR_TARGET) + 1)
     rows = [*(alone_row(name) for name in PAIR), score_sum_row(PAIR, PAIR_TARGET), handoff_row(PAIR, PAIR_TARGET, 4)]
     rows += [amdm_row("AMDM paper setting", replace(paper, aggregation=mode), PAIR) for mode in ("paper", "linear", "slerp")]
     rows.append(amdm_row("AMDM paper setting", replace(paper, deviation_mode="none", deviation_strength=0.0), PAIR))
-    rows += [amdm_row("AMDM", replace(full, start_percent=0.0, end_percent=end), PAIR) for end in (0.4, 0.6)]
+    rows += [amdm_row("AMDM", replace(pair_budget, end_percent=end), PAIR) for end in (0.4, 0.6)]
     return _unique(rows)
+
+
+def idea_rows() -> list[Row]:
+    """Measured by --full only: ideas that are not options of the pack."""
+    return [relative_sum_row(steps) for steps in (8, 12, 16)]
