@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from .aggregation import AGGREGATION_MODES, DEVIATION_MODES
+from .guidance import GUIDANCE_MODES
 
 WEIGHT_CURVES = ("constant", "linear_decay", "cosine_decay")
 NOISE_MODES = ("independent", "shared")
@@ -42,12 +43,14 @@ class Schedule:
     noise_mode: str = "shared"
     start_step: int = 0
     end_step: int = NO_STEP_LIMIT
+    guidance: str = "averaged"
 
     def __post_init__(self) -> None:
         _check_choice("aggregation", self.aggregation, AGGREGATION_MODES)
         _check_choice("weight_curve", self.weight_curve, WEIGHT_CURVES)
         _check_choice("deviation_mode", self.deviation_mode, DEVIATION_MODES)
         _check_choice("noise_mode", self.noise_mode, NOISE_MODES)
+        _check_choice("guidance", self.guidance, GUIDANCE_MODES)
         for name in ("start_percent", "end_percent"):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..amdm_core import AGGREGATION_MODES, DEVIATION_MODES, NOISE_MODES, WEIGHT_CURVES, Schedule
+from ..amdm_core import (AGGREGATION_MODES, DEVIATION_MODES, GUIDANCE_MODES, NOISE_MODES,
+                         WEIGHT_CURVES, Schedule)
 from ..amdm_core.schedule import MAX_STEP
 from . import compat
 from .guider import AMDMGuider
@@ -148,6 +149,15 @@ class AggregationSchedule:
                 "end_step": ("INT", {"default": d.end_step, "min": 0, "max": MAX_STEP,
                                      "tooltip": "Also require step index < end_step; "
                                                 "0 = no limit."}),
+                "guidance": (GUIDANCE_MODES, {"default": d.guidance,
+                                              "tooltip": "averaged: the merge blends the members' "
+                                                         "classifier-free guidance with their "
+                                                         "latents (N equal members keep 1/N each); "
+                                                         "full: inside the window every member's cfg "
+                                                         "is divided by the largest member share, so "
+                                                         "equal members each keep their whole "
+                                                         "guidance, as in a sum of the members' "
+                                                         "guidance (members at cfg 1 stay at 1)."}),
             },
         }
 

@@ -21,8 +21,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, derive_seed, one_after_another,
-                         progress_of, run_window, step_weights, window_for)
+from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, compensated_cfg, derive_seed,
+                         guidance_factors, one_after_another, progress_of, run_window,
+                         step_weights, window_for)
 from . import compat, samplers
 from .members import Member, check_members, member_label
 from .sharing import SharedEvaluation, resident_models
@@ -237,7 +238,8 @@ class _Run:
                                      self.batch_index)
         return noise.to(self.noise.device)
 
-    def step_function(self, index: int, shared: SharedEvaluation, callback: Callback) -> StepFn:
+    def step_function(self, index: int, shared: SharedEvaluation, callback: Callback,
+                      set_cfgs: Callable[[int], None]) -> StepFn:
         """Member ``index``'s proposal for step k, from a latent on the target's device."""
         session = self.sessions[index]
         home = self.sessions[self.guider.target_index].device
@@ -246,6 +248,7 @@ class _Run:
         extra_args = shared.window_args(index, session.extra_args)
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
+            set_cfgs(k)
             proposal = drive.run(session.model_k, x.to(session.device),
                                  session.sigmas[k:k + 2], extra_args,
                                  _offset_callback(callback, k) if is_target else None,
@@ -314,10 +317,23 @@ class _Run:
                   for i in range(len(members))]
         sessions = [self.sessions[i] for i in range(len(members))]
         shared = SharedEvaluation(sessions, self.models, members, self.denoise_mask is not None)
-        step_fns = [self.step_function(i, shared, callback) for i in range(len(members))]
-        with self.stepping(shared) as map_steps:
-            return run_window(states, step_fns, self.guider.plan(window).to(x_target.device),
-                              map_steps)[target]
+        plan = self.guider.plan(window)
+        factors = guidance_factors(plan.weights, plan.aggregation, self.guider.schedule.guidance)
+        cfgs = [[compensated_cfg(member.cfg, factor) for member in members]
+                for factor in factors.tolist()]
+
+        def set_cfgs(k: int) -> None:
+            """Every member's CFG scale for window step k, set before any member steps
+            (a batched evaluation reads the scales of all the members it serves)."""
+            for session, cfg in zip(sessions, cfgs[k - window.start]):
+                session.guider.cfg = cfg
+
+        step_fns = [self.step_function(i, shared, callback, set_cfgs) for i in range(len(members))]
+        try:
+            with self.stepping(shared) as map_steps:
+                return run_window(states, step_fns, plan.to(x_target.device), map_steps)[target]
+        finally:
+            self.guider.cfg = members[target].cfg  # the target finishes at its own scale
 
 
 class AMDMGuider(compat.CFGGuider):

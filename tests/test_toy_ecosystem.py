@@ -1,16 +1,16 @@
-"""The toy ecosystem benchmark: its detectors against exact ground truth, and a short run
-of the benchmark itself through ComfyUI's and the pack's nodes.
+"""The toy ecosystem study: its detectors against exact ground truth, the rule that chooses
+AMDM's presets, the shipped and retrained weights, and a short run of the study itself
+through ComfyUI's and the pack's nodes on two shipped ecosystems.
 
-The short run uses the quick training plan (weights cached under
-${COMFYUI_AMDM_CACHE:-~/.cache/comfyui-amdm}/toy_ecosystem/, trained on first use in about
-a minute) and checks what must hold whatever the exact numbers: members beat chance on
+The short run checks what must hold whatever the exact numbers: members beat chance on
 their own aspect, evaluation counts match ComfyUI's actual UNet calls, AMDM latents are
-finite and realistic within bounds, the outputs are written.
+finite, the outputs are written in the documented schema.
 """
 
 from __future__ import annotations
 
 import sys
+import json
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,8 @@ if str(comfy_env.REPO_ROOT) not in sys.path:
 
 from benchmarks.toy_ecosystem import task  # noqa: E402
 
-STEPS = 10
 REQUESTS = 12
-SEEDS = 2
+ECOSYSTEMS = (2, 3)
 CHANCE = {"position": 0.25, "colour": 0.25, "shape": 1 / 3}
 
 
@@ -82,88 +81,168 @@ def test_request_context_carries_every_label() -> None:
     assert not task.empty_context().any()
 
 
+def fake_summary(name: str, evaluations: float, joint: tuple[float, ...], amdm=None):
+    """A RowSummary with given numbers, for the selection rule."""
+    from benchmarks.toy_ecosystem import study
+    from benchmarks.toy_ecosystem.rows import Row
+
+    metrics = {metric: study.statistic([0.0] * len(joint)) for metric in study.METRICS}
+    metrics["joint"] = study.statistic(joint)
+    return study.RowSummary(Row("test", name, (), lambda ecosystem, counter: None, amdm), task.ASPECTS,
+                            evaluations, metrics, ())
+
+
+def test_presets_rule_takes_the_cheapest_of_the_tied_best_within_budget(pack) -> None:
+    from benchmarks.toy_ecosystem import study
+    from benchmarks.toy_ecosystem.methods import AMDMSettings
+
+    settings = [AMDMSettings(end_percent=end) for end in (0.2, 0.4, 0.6, 0.8)]
+    reference = fake_summary("score sum", 120, (0.80, 0.78))
+    candidates = [fake_summary("a", 56, (0.50, 0.52), settings[0]), fake_summary("b", 72, (0.70, 0.66), settings[1]),
+                  fake_summary("c", 64, (0.69, 0.66), settings[2]), fake_summary("d", 104, (0.78, 0.80), settings[3])]
+    presets = study.choose_presets(candidates, reference)
+    assert presets.budget == settings[2]  # within TIE of the best under 72 evaluations, and cheaper
+    assert presets.match == settings[3]
+    assert study.choose_presets(candidates[:3], reference).match is None
+    assert not study.matches_in_every_ecosystem(candidates[3], reference)  # over budget
+    close = fake_summary("e", 72, (0.79, 0.77))
+    assert study.matches_in_every_ecosystem(close, reference)
+    assert not study.matches_in_every_ecosystem(fake_summary("f", 72, (0.85, 0.75)), reference)
+    assert reference.joint.mean == pytest.approx(0.79)
+    assert reference.joint.standard_error == pytest.approx(0.01)
+
+
+def test_retraining_is_deterministic_and_ships_what_it_trained(pack, tmp_path, monkeypatch) -> None:
+    """A few training steps (the mechanics, not the quality): retraining from scratch gives
+    the same weights, the shipped copy loads to the same models, and weights of another
+    plan are refused with a way out."""
+    from benchmarks.toy_ecosystem import models
+
+    plan = models.TrainingPlan(base_steps=2, member_steps=(("position", 1), ("colour", 1), ("shape", 2)), batch_size=4)
+    monkeypatch.setenv("COMFYUI_AMDM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
+
+    def weights(ecosystem) -> dict:
+        return {name: model.model.diffusion_model.state_dict()
+                for name, model in {"base": ecosystem.base, **ecosystem.members}.items()}
+
+    first = weights(models.load_ecosystem(7, retrain=True, plan=plan))
+    cached = models.cache_root()
+    for path in cached.rglob("*.safetensors"):
+        path.unlink()
+    retrained = models.load_ecosystem(7, retrain=True, plan=plan)
+    shipped_to = models.ship_weights(retrained)
+    shipped = weights(models.load_ecosystem(7, plan=plan))
+    for name, state in weights(retrained).items():
+        for key, value in state.items():
+            assert torch.equal(value, first[name][key]), (name, key)
+            assert torch.equal(value, shipped[name][key]), (name, key)
+    assert any(not torch.equal(value, first["base"][key]) for key, value in first["shape"].items())
+    with pytest.raises(RuntimeError, match="another training plan.*--retrain"):
+        models.load_ecosystem(7)
+    with pytest.raises(RuntimeError, match="no shipped weights for toy ecosystem 8"):
+        models.load_ecosystem(8)
+    assert sorted(path.name for path in shipped_to.iterdir()) == sorted(
+        f"{name}.safetensors" for name in ("base", *models.MEMBER_ASPECTS))
+
+
+def test_the_shipped_ecosystems_are_a_few_megabytes_each(pack) -> None:
+    from benchmarks import toy_ecosystem
+    from benchmarks.toy_ecosystem import models
+
+    for seed in (*toy_ecosystem.DEVELOPMENT_SEEDS, *toy_ecosystem.REPORT_SEEDS):
+        files = list(models.shipped_dir(seed).glob("*.safetensors"))
+        assert len(files) == 1 + len(models.MEMBER_ASPECTS), seed
+        assert sum(path.stat().st_size for path in files) < 4e6, seed
+
+
 @pytest.fixture(scope="module")
-def quick_run(pack):
-    """The quick plan's ecosystem and a short benchmark run over it."""
+def short_study(pack):
+    """A few rows of both tables on two shipped ecosystems, 12 images each."""
     import comfy.utils
 
-    from benchmarks.toy_ecosystem import benchmark, models
-    from benchmarks.toy_ecosystem.methods import SamplingSettings
+    from benchmarks.toy_ecosystem import models, rows, run, study
+    from dataclasses import replace
 
     threads = torch.get_num_threads()
     progress_bar = comfy.utils.PROGRESS_BAR_ENABLED
     torch.set_num_threads(1)
     comfy.utils.set_progress_bar_enabled(False)
+    full = replace(rows.default_amdm(), guidance="full")
+    three = [rows.alone_row(name) for name in rows.MEMBERS]
+    three += [rows.score_sum_row(rows.MEMBERS, rows.TARGET), rows.merge_row(),
+              rows.amdm_row("AMDM modes", replace(full, guidance="averaged")),
+              rows.amdm_row("AMDM window", replace(full, end_percent=0.6)),
+              rows.amdm_row("AMDM preset", rows.BUDGET_PRESET)]
+    two = [rows.alone_row("colour"), *rows.two_member_rows(rows.BUDGET_PRESET)[4:5]]
+    config = study.StudyConfig(requests=REQUESTS, seeds=1)
     try:
-        ecosystem = models.load_ecosystem(models.QUICK_TRAINING)
-        config = benchmark.BenchmarkConfig(requests=REQUESTS, seeds=SEEDS, sampling=SamplingSettings(steps=STEPS),
-                                           quick=True)
-        results = benchmark.run_benchmark(ecosystem, config)
+        ecosystems = [models.load_ecosystem(seed) for seed in ECOSYSTEMS]
+        tables = study.run_tables({"three": study.Table(three, ecosystems, task.ASPECTS),
+                                   "two": study.Table(two, ecosystems, rows.PAIR)}, config)
     finally:
         torch.set_num_threads(threads)
         comfy.utils.set_progress_bar_enabled(progress_bar)
-    return ecosystem, config, {result.name: result for result in results}
+    outcome = run.Outcome(tables["three"], tables["two"], study.Presets(rows.BUDGET_PRESET, None), ECOSYSTEMS)
+    return ecosystems, config, outcome
 
 
-def test_each_member_alone_beats_chance_on_its_own_aspect(quick_run) -> None:
-    _, _, results = quick_run
-    for member in ("position", "colour", "shape"):
-        accuracy = results[f"{member} member"].scores.accuracy[member]
-        assert accuracy > CHANCE[member] + 0.2, (member, accuracy)
+def test_each_member_alone_beats_chance_on_its_own_aspect(short_study) -> None:
+    _, _, outcome = short_study
+    for summary in outcome.three_members[:3]:
+        (member,) = summary.row.members
+        accuracy = summary.metrics[member]
+        assert min(accuracy.per_ecosystem) > CHANCE[member] + 0.3, (member, accuracy)
 
 
-def window_length(model, settings, start_percent: float, end_percent: float) -> int:
+def window_length(model, steps: int, start_percent: float, end_percent: float) -> int:
     """Steps k with sigma_end < sigmas[k] <= sigma_start: the spec's window, from ComfyUI's
     own sigmas and percent_to_sigma."""
     import comfy.samplers
 
-    sigmas = comfy.samplers.KSampler(model, steps=settings.steps, device="cpu", sampler=settings.sampler_name,
-                                     scheduler=settings.scheduler).sigmas
+    sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler="euler", scheduler="normal").sigmas
     model_sampling = model.get_model_object("model_sampling")
     sigma_start = model_sampling.percent_to_sigma(start_percent)
     sigma_end = model_sampling.percent_to_sigma(end_percent)
     return sum(1 for sigma in sigmas[:-1].tolist() if sigma_end < sigma <= sigma_start)
 
 
-def test_model_evaluations_are_counted_per_row(quick_run) -> None:
+def test_model_evaluations_are_counted_per_row(short_study) -> None:
     """The counting wrapper sees what the sampler really evaluates: 2 rows (cond, uncond)
     per model per step; AMDM adds the other members' steps inside the window only."""
-    ecosystem, config, results = quick_run
-    alone = 2 * STEPS
-    assert results["position member"].evaluations_per_image == alone
-    assert results["weight merge (ModelMergeSimple, equal thirds)"].evaluations_per_image == alone
-    assert results["score sum (every member every step)"].evaluations_per_image == 3 * alone
-    for name, result in results.items():
-        if result.amdm is None:
+    from benchmarks.toy_ecosystem import rows
+
+    ecosystems, _, outcome = short_study
+    alone = 2 * rows.SETTINGS.steps
+    by_name = {summary.row.name: summary for summary in outcome.three_members + outcome.two_members}
+    assert by_name["position member"].evaluations_per_image == alone
+    assert by_name["weight merge (ModelMergeSimple, equal thirds)"].evaluations_per_image == alone
+    assert by_name[rows.SCORE_SUM].evaluations_per_image == 3 * alone
+    for summary in by_name.values():
+        if summary.row.amdm is None:
             continue
-        window = window_length(ecosystem.members["shape"], config.sampling, result.amdm.start_percent,
-                               result.amdm.end_percent)
-        assert 0 < window < STEPS, name
-        assert result.evaluations_per_image == alone + 2 * 2 * window, name
+        window = window_length(ecosystems[0].members["shape"], rows.SETTINGS.steps, summary.row.amdm.start_percent,
+                               summary.row.amdm.end_percent)
+        assert 0 < window < rows.SETTINGS.steps, summary.row.name
+        others = len(summary.row.members) - 1
+        assert summary.evaluations_per_image == alone + 2 * others * window, summary.row.name
+        for measurement in summary.measurements:
+            assert torch.isfinite(measurement.latents).all(), summary.row.name
 
 
-def test_amdm_rows_are_finite_and_within_realism_bounds(quick_run) -> None:
-    _, config, results = quick_run
-    amdm_rows = [result for result in results.values() if result.amdm is not None]
-    assert {result.amdm.aggregation for result in amdm_rows} == {"linear", "slerp", "paper"}
-    for result in amdm_rows:
-        assert torch.isfinite(result.latents).all(), result.name
-        assert result.latents.shape == (REQUESTS * SEEDS, task.CHANNELS, task.GRID, task.GRID)
-        if result.amdm.aggregation != "paper":  # paper weights may inflate the latent: reported, not bounded
-            assert result.scores.realism < 0.6, (result.name, result.scores.realism)
-
-
-def test_counter_agrees_with_unet_forward_calls(quick_run) -> None:
+def test_counter_agrees_with_unet_forward_calls(short_study) -> None:
     """Cross-check of the wrapper count against a forward hook on the UNet itself."""
-    from benchmarks.toy_ecosystem.methods import AMDMSettings, Batch, EvaluationCounter, SamplingSettings, sample_amdm
+    from benchmarks.toy_ecosystem.methods import (AMDMSettings, Batch, EvaluationCounter, SamplingSettings,
+                                                  sample_amdm)
 
-    ecosystem, _, _ = quick_run
+    ecosystems, _, _ = short_study
     counter = EvaluationCounter()
     forward_rows = []
+    members = ecosystems[0].members.values()
     hooks = [model.model.diffusion_model.register_forward_pre_hook(lambda module, args: forward_rows.append(args[0].shape[0]))
-             for model in ecosystem.members.values()]
+             for model in members]
     try:
-        models = [counter.counted(model) for model in ecosystem.members.values()]
+        models = [counter.counted(model) for model in members]
         batch = Batch(task.benchmark_requests(4), seed=7)
         latents = sample_amdm(models, AMDMSettings(end_percent=0.5, target_member=3), batch, SamplingSettings(steps=6))
     finally:
@@ -173,15 +252,26 @@ def test_counter_agrees_with_unet_forward_calls(quick_run) -> None:
     assert counter.rows == sum(forward_rows) == 4 * 2 * (6 + 2 * 3)
 
 
-def test_outputs_are_written(quick_run, tmp_path: Path) -> None:
-    from benchmarks.toy_ecosystem import benchmark
-
-    ecosystem, config, results = quick_run
-    text, table_path, grid_path = benchmark.write_outputs(list(results.values()), config, ecosystem, tmp_path,
-                                                          {"sampling": 1.0})
-    assert table_path.read_text() == text
-    assert "| AMDM modes | AMDM linear" in text and "## What the numbers say" in text
+def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Path) -> None:
     from PIL import Image
 
-    with Image.open(grid_path) as grid:
-        assert grid.height == (len(results) + 1) * (task.GRID * 6 + 2)
+    from benchmarks.toy_ecosystem import run
+
+    _, config, outcome = short_study
+    paths = run.write_outputs(outcome, config, tmp_path, tmp_path)
+    text = paths["markdown"].read_text()
+    assert "| AMDM modes | AMDM linear" in text and "## What the numbers say" in text
+    result = json.loads(paths["json"].read_text())
+    assert result["ecosystem_seeds"] == list(ECOSYSTEMS)
+    rows = result["rows"] + result["two_member_rows"]
+    assert len(rows) == len(outcome.three_members) + len(outcome.two_members)
+    assert sum("score sum" in row["method"] for row in result["rows"]) == 1
+    for row in rows:
+        assert isinstance(row["evals_per_image"], float)
+        for metric in (*task.ASPECTS, "joint", "realism"):
+            assert set(row[metric]) >= {"mean", "per_ecosystem"}, metric
+            assert len(row[metric]["per_ecosystem"]) == len(ECOSYSTEMS)
+    assert all(row["method"].startswith("AMDM") for row in rows if row["group"].startswith("AMDM"))
+    for name in ("frontier", "grid"):
+        with Image.open(paths[name]) as image:
+            assert image.width > 600 and image.height > 300, name

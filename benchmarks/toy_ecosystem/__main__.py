@@ -1,5 +1,7 @@
-"""python3 -m benchmarks.toy_ecosystem: train or load the toy ecosystem, run the table,
-write it (markdown) and a grid of samples (PNG), and print the table."""
+"""python3 -m benchmarks.toy_ecosystem: the toy ecosystem study. Loads the shipped toy
+ecosystems (or retrains them), runs both tables on the report ecosystems, and writes the
+markdown table, benchmarks/results/toy_ecosystem.json, the frontier plot and the grid of
+samples (docs/images/toy_*.png); prints the markdown."""
 
 from __future__ import annotations
 
@@ -8,55 +10,61 @@ import logging
 import time
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
-
 
 def parse_args() -> argparse.Namespace:
+    from . import DEVELOPMENT_SEEDS, REPORT_SEEDS, SEEDS_PER_REQUEST
+
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.toy_ecosystem", description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default %(default)s)")
-    parser.add_argument("--requests", type=int, default=None,
-                        help="number of requests (balanced subset of the 48; default 24, quick 12)")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="ComfyUI seeds per request, each a sampler call over all requests (default 4, quick 2)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default %(default)s)")
-    parser.add_argument("--cfg", type=float, default=None, help="CFG of every model (default: the benchmark's)")
-    parser.add_argument("--target", default=None, help="member that finishes alone (default: the benchmark's)")
-    parser.add_argument("--quick", action="store_true",
-                        help="short training, fewer rows and images: a smoke run of a minute or two")
+    parser.add_argument("--full", action="store_true",
+                        help="the whole study: first choose the presets on the development ecosystems "
+                             f"{', '.join(map(str, DEVELOPMENT_SEEDS))} by the rule in study.py (a candidate "
+                             "grid), then report them")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train the ecosystems on this machine (cached outside the repository, about 5 "
+                             "minutes per ecosystem on one CPU core) instead of using the shipped weights")
+    parser.add_argument("--ship-weights", action="store_true",
+                        help="with --retrain: copy the trained weights into the repository")
+    parser.add_argument("--ecosystems", type=int, nargs="+", default=list(REPORT_SEEDS),
+                        help="report ecosystems (training seeds; default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=SEEDS_PER_REQUEST,
+                        help="ComfyUI seeds per request (default %(default)s; 48 requests each)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write every output into this directory (default: benchmarks/results/ and docs/images/)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a busy 2-core machine two threads "
                              "measured many times slower than one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.ship_weights and not args.retrain:
+        parser.error("--ship-weights needs --retrain")
+    return args
 
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # ComfyUI logs every model load at INFO on the root logger: show the study's own
+    # messages and ComfyUI's warnings.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in (__package__, __name__):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
     torch.set_num_threads(args.threads)
-    # Importing these sets up ComfyUI (found as documented in comfy_setup) and the pack.
-    from . import benchmark, models
-    from .methods import SamplingSettings
+    # Importing these sets up ComfyUI (found as documented in benchmarks/comfy_setup.py) and the pack.
+    from . import run, study
     import comfy.utils
 
-    comfy.utils.set_progress_bar_enabled(False)  # one progress bar: the benchmark's
-    defaults = benchmark.BenchmarkConfig()
-    config = benchmark.BenchmarkConfig(
-        requests=args.requests or (12 if args.quick else defaults.requests),
-        seeds=args.seeds or (2 if args.quick else defaults.seeds),
-        sampling=SamplingSettings(steps=args.steps, cfg=args.cfg if args.cfg is not None else defaults.sampling.cfg),
-        target=args.target or defaults.target, quick=args.quick)
+    comfy.utils.set_progress_bar_enabled(False)  # one progress bar: the study's
     started = time.monotonic()
-    ecosystem = models.load_ecosystem(models.QUICK_TRAINING if args.quick else models.TrainingPlan())
-    elapsed = {"training or loading": time.monotonic() - started}
-    results = benchmark.run_benchmark(ecosystem, config)
-    elapsed["sampling"] = time.monotonic() - started - elapsed["training or loading"]
-    text, table_path, grid_path = benchmark.write_outputs(results, config, ecosystem, args.out, elapsed)
-    logging.getLogger(__name__).info("wrote %s and %s", table_path, grid_path)
-    print(text)
+    config = study.StudyConfig(seeds=args.seeds)
+    outcome = run.run_study(config, tuple(args.ecosystems), full=args.full, retrain=args.retrain,
+                            ship=args.ship_weights)
+    directories = {} if args.out is None else {"results_dir": args.out, "images_dir": args.out}
+    paths = run.write_outputs(outcome, config, **directories)
+    logging.getLogger(__name__).info("%.0f s; wrote %s", time.monotonic() - started,
+                                     ", ".join(str(path) for path in paths.values()))
+    print(paths["markdown"].read_text())
 
 
 if __name__ == "__main__":

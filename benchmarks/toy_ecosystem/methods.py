@@ -62,13 +62,15 @@ class EvaluationCounter:
 
     rows: int = 0
 
-    def wrapper(self, apply_model: Callable, args: dict) -> torch.Tensor:
-        self.rows += args["input"].shape[0]
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
     def counted(self, model: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+        # A function, not a bound method: ModelPatcher.clone deep-copies model_options,
+        # which would copy a method's counter along with it (functions are not copied).
+        def count_rows(apply_model: Callable, args: dict) -> torch.Tensor:
+            self.rows += args["input"].shape[0]
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
         counted_model = model.clone()
-        counted_model.set_model_unet_function_wrapper(self.wrapper)
+        counted_model.set_model_unet_function_wrapper(count_rows)
         return counted_model
 
 
@@ -120,11 +122,19 @@ class ScoreSum:
     unconditional rows D_t(x, empty); ComfyUI's CFG then yields
     D_t(empty) + cfg * sum over all members of (D_m(c) - D_m(empty)).
     ConditioningCombine does not apply here: it sums prompts for one model, not models.
-    Each member is evaluated through its own (counting) model_function_wrapper."""
+    Each member is evaluated through its own (counting) model_function_wrapper.
+
+    Two variants: the other members only at noise levels above ``sigma_floor`` (the first
+    steps, the target alone after them), and each other member's guidance taken against
+    the target's unconditional prediction, D_m(c) - D_t(empty), which costs one evaluation
+    per member instead of two (members fine-tuned from one base share an unconditional
+    model only approximately)."""
 
     target: comfy.model_patcher.ModelPatcher
     others: list[comfy.model_patcher.ModelPatcher]
     empty_context: torch.Tensor = field(default_factory=task.empty_context)
+    sigma_floor: float = 0.0
+    target_unconditional: bool = False
 
     @staticmethod
     def evaluate(member: comfy.model_patcher.ModelPatcher, args: dict) -> torch.Tensor:
@@ -137,7 +147,12 @@ class ScoreSum:
     def wrapper(self, apply_model: Callable, args: dict) -> torch.Tensor:
         # ComfyUI batches the cond and uncond rows as equal chunks, listed in cond_or_uncond.
         chunk_count = len(args["cond_or_uncond"])
+        if float(args["timestep"].max()) <= self.sigma_floor:
+            return self.evaluate(self.target, args)
         outputs = self.evaluate(self.target, args).chunk(chunk_count)
+        if self.target_unconditional and 1 not in args["cond_or_uncond"]:
+            raise RuntimeError("the target's unconditional rows were not batched with its conditional ones")
+        target_unconditional = outputs[args["cond_or_uncond"].index(1)] if self.target_unconditional else None
         inputs = args["input"].chunk(chunk_count)
         timesteps = args["timestep"].chunk(chunk_count)
         contexts = args["c"]["c_crossattn"].chunk(chunk_count)
@@ -152,7 +167,8 @@ class ScoreSum:
             empty = self.empty_context.to(context).expand_as(context)
             for member in self.others:
                 conditional = self.evaluate(member, chunk_args)
-                unconditional = self.evaluate(member, self.with_context(chunk_args, empty))
+                unconditional = target_unconditional if self.target_unconditional else \
+                    self.evaluate(member, self.with_context(chunk_args, empty))
                 chunk = chunk + conditional - unconditional
             combined.append(chunk)
         return torch.cat(combined)
@@ -179,8 +195,8 @@ class AMDMSettings(Schedule):
 
 def sample_amdm(models: list[comfy.model_patcher.ModelPatcher], amdm: AMDMSettings, batch: Batch,
                 settings: SamplingSettings) -> Latent:
-    """The pack's nodes, chained as in a workflow: ModelStack per member (member 1 first),
-    AggregationSchedule, AMDMSampler."""
+    """The pack's nodes, chained as in a workflow: ModelStack per member (member 1 first,
+    every weight 1), AggregationSchedule, AMDMSampler."""
     stack: tuple = ()
     for number, model in enumerate(models, start=1):
         cfg = settings.cfg * (1.0 if number == amdm.target_member else amdm.others_cfg_factor)

@@ -3,9 +3,14 @@ conditioned on (and good at) one aspect of the task, built from ComfyUI's own cl
 
 Every model is a comfy.model_base.BaseModel holding ComfyUI's openaimodel.UNetModel (a
 tiny config, v-prediction, SD1.x's discrete noise schedule), wrapped in a
-comfy.model_patcher.ModelPatcher: a MODEL like any loaded checkpoint. Weights are
-trained on the CPU and cached outside the repository, keyed by a hash of everything
-that determines them.
+comfy.model_patcher.ModelPatcher: a MODEL like any loaded checkpoint.
+
+Several ecosystems are trained, one per seed. Training is deterministic on one machine
+but not across CPUs (their float kernels differ), so the trained weights ship with the
+repository (SHIPPED_DIR, float16) and are what the benchmark uses by default; retraining
+writes to a cache outside the repository, keyed by a hash of everything that determines
+the weights. Either way the weights are used at float16 precision, so a retrained
+ecosystem on the machine that made the shipped files is the shipped one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +40,7 @@ import comfy.utils  # noqa: E402
 logger = logging.getLogger(__name__)
 
 # Bump when the task or the training code changes what the weights mean.
-TASK_VERSION = 1
+TASK_VERSION = 2
 
 UNET_CONFIG = {
     "image_size": task.GRID,
@@ -93,23 +98,40 @@ class TrainingPlan:
     seed: int = 0
 
 
-QUICK_TRAINING = TrainingPlan(base_steps=150, member_steps=(("position", 150), ("colour", 350), ("shape", 500)))
-
 # Member name -> the one aspect it is conditioned on. The order is the stack order.
 MEMBER_ASPECTS = {"position": "position", "colour": "colour", "shape": "shape"}
 BASE_NAME = "base"
+
+
+# The trained weights in the repository: SHIPPED_DIR/ecosystem_<seed>/<model>.safetensors.
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+# safetensors metadata key holding the hash of what determined the weights.
+PLAN_METADATA_KEY = "toy_ecosystem_plan"
 
 
 def cache_root() -> Path:
     return comfy_env().cache_dir() / "toy_ecosystem"
 
 
-def plan_key(plan: TrainingPlan) -> str:
+def plan_description(plan: TrainingPlan) -> dict:
     task_constants = {"grid": task.GRID, "channels": task.CHANNELS, "context_dim": task.CONTEXT_DIM,
                       "token_scale": task.TOKEN_SCALE, "labels": task.LABEL_COUNTS}
-    description = {"task_version": TASK_VERSION, "task": task_constants, "unet": UNET_CONFIG, "plan": asdict(plan),
-                   "members": MEMBER_ASPECTS, "torch": torch.__version__.split("+")[0]}
+    return {"task_version": TASK_VERSION, "task": task_constants, "unet": UNET_CONFIG, "plan": asdict(plan),
+            "members": MEMBER_ASPECTS}
+
+
+def _digest(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_key(plan: TrainingPlan) -> str:
+    """What the weights mean: the task, the network and the training plan."""
+    return _digest(plan_description(plan))
+
+
+def cache_key(plan: TrainingPlan) -> str:
+    """The retraining cache also depends on the torch build that trained the weights."""
+    return _digest({**plan_description(plan), "torch": torch.__version__.split("+")[0]})
 
 
 INITIALISED_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -126,10 +148,9 @@ def initialise_weights(module: torch.nn.Module) -> None:
 
 
 def new_base_model() -> comfy.model_base.BaseModel:
+    """The network with uninitialised weights (as ComfyUI builds it before loading)."""
     config = ToyModelConfig(UNET_CONFIG)
-    model = comfy.model_base.BaseModel(config, model_type=config.model_type({}), device=torch.device("cpu"))
-    initialise_weights(model.diffusion_model)
-    return model
+    return comfy.model_base.BaseModel(config, model_type=config.model_type({}), device=torch.device("cpu"))
 
 
 def as_comfy_model(model: comfy.model_base.BaseModel) -> comfy.model_patcher.ModelPatcher:
@@ -197,13 +218,25 @@ def train(model: comfy.model_base.BaseModel, visible_aspect: str | None, steps: 
     model.eval()
 
 
-def save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def save_atomically(state_dict: dict[str, torch.Tensor], path: Path, plan: TrainingPlan) -> None:
     """Write to a temporary file in the same directory, then rename: a reader never sees
     a partial file, and concurrent writers of the same deterministic weights are harmless."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    comfy.utils.save_torch_file({k: v.contiguous() for k, v in state_dict.items()}, str(temporary))
+    comfy.utils.save_torch_file({k: v.contiguous() for k, v in state_dict.items()}, str(temporary),
+                                metadata={PLAN_METADATA_KEY: plan_key(plan)})
     os.replace(temporary, path)
+
+
+def load_weights(model: comfy.model_base.BaseModel, path: Path, plan: TrainingPlan) -> None:
+    """Load weights written for ``plan``, at float16 precision (see the module docstring)."""
+    state_dict, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    written_for = (metadata or {}).get(PLAN_METADATA_KEY)
+    if written_for != plan_key(plan):
+        raise RuntimeError(f"{path} holds weights of another training plan ({written_for}, expected "
+                           f"{plan_key(plan)}): the task or the training changed since they were "
+                           f"made; run with --retrain (and --ship-weights to replace them)")
+    model.diffusion_model.load_state_dict({k: v.half().float() for k, v in state_dict.items()})
 
 
 def load_or_train(name: str, plan: TrainingPlan, directory: Path,
@@ -211,42 +244,78 @@ def load_or_train(name: str, plan: TrainingPlan, directory: Path,
     path = directory / f"{name}.safetensors"
     model = new_base_model()
     if path.is_file():
-        model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(str(path)))
+        load_weights(model, path, plan)
         logger.info("loaded %s from %s", name, path)
         return model
     visible_aspect = None if name == BASE_NAME else MEMBER_ASPECTS[name]
-    if start_from is not None:
-        model.diffusion_model.load_state_dict(start_from)
     steps = plan.base_steps if start_from is None else dict(plan.member_steps)[name]
     learning_rate = plan.base_learning_rate if start_from is None else plan.member_learning_rate
     # Each model's own seed, so a missing member retrains to the same weights alone.
     seed = plan.seed * 1000 + list((BASE_NAME, *MEMBER_ASPECTS)).index(name)
-    logger.info("training %s (%d steps) -> %s", name, steps, path)
+    logger.info("training %s of ecosystem %d (%d steps) -> %s", name, plan.seed, steps, path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        if start_from is None:
+            initialise_weights(model.diffusion_model)
+        else:
+            model.diffusion_model.load_state_dict(start_from)
         train(model, visible_aspect, steps, learning_rate, plan, seed)
-    save_atomically(model.diffusion_model.state_dict(), path)
+    save_atomically(model.diffusion_model.state_dict(), path, plan)
+    load_weights(model, path, plan)
     return model
 
 
 @dataclass
 class Ecosystem:
-    """The trained models as ComfyUI MODELs; members in stack order."""
+    """The trained models of one seed as ComfyUI MODELs; members in stack order."""
 
+    plan: TrainingPlan  # its seed is the ecosystem's
     base: comfy.model_patcher.ModelPatcher
     members: dict[str, comfy.model_patcher.ModelPatcher]
-    cache_dir: Path
+    weights_dir: Path
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
 
 
-def load_ecosystem(plan: TrainingPlan = TrainingPlan()) -> Ecosystem:
-    """Load the cached weights for this plan, training whatever is missing (deterministic:
-    the same plan gives the same weights on the same torch build and machine)."""
-    directory = cache_root() / plan_key(plan)
+def shipped_dir(seed: int) -> Path:
+    return SHIPPED_DIR / f"ecosystem_{seed}"
+
+
+def load_ecosystem(seed: int, retrain: bool = False, plan: TrainingPlan = TrainingPlan()) -> Ecosystem:
+    """The ecosystem of ``seed``: the shipped weights, or with ``retrain`` the weights
+    trained on this machine (cached; whatever is missing is trained, deterministically:
+    the same plan gives the same weights on the same torch build and machine). Members
+    are fine-tuned from the base as trained (float32), not from its float16 copy."""
+    plan = replace(plan, seed=seed)
+    if not retrain:
+        directory = shipped_dir(seed)
+        if not directory.is_dir():
+            raise RuntimeError(f"no shipped weights for toy ecosystem {seed} in {directory}: "
+                               f"run with --retrain")
+        models = {}
+        for name in (BASE_NAME, *MEMBER_ASPECTS):
+            models[name] = new_base_model()
+            load_weights(models[name], directory / f"{name}.safetensors", plan)
+        return Ecosystem(plan, as_comfy_model(models[BASE_NAME]),
+                         {name: as_comfy_model(models[name]) for name in MEMBER_ASPECTS}, directory)
+    directory = cache_root() / cache_key(plan)
     base = load_or_train(BASE_NAME, plan, directory, start_from=None)
-    base_weights = {k: v.clone() for k, v in base.diffusion_model.state_dict().items()}
+    base_weights = comfy.utils.load_torch_file(str(directory / f"{BASE_NAME}.safetensors"))
     members = {name: as_comfy_model(load_or_train(name, plan, directory, start_from=base_weights))
                for name in MEMBER_ASPECTS}
-    return Ecosystem(base=as_comfy_model(base), members=members, cache_dir=directory)
+    return Ecosystem(plan, as_comfy_model(base), members, directory)
+
+
+def ship_weights(ecosystem: Ecosystem) -> Path:
+    """Copy a retrained ecosystem into the repository, as float16 (what is used anyway)."""
+    directory = shipped_dir(ecosystem.seed)
+    for name, model in {BASE_NAME: ecosystem.base, **ecosystem.members}.items():
+        state_dict = model.model.diffusion_model.state_dict()
+        save_atomically({k: v.half() for k, v in state_dict.items()}, directory / f"{name}.safetensors",
+                        ecosystem.plan)
+    return directory
 
 
 def request_conditioning(context: torch.Tensor) -> list:

@@ -1,67 +1,72 @@
-"""Scores of sampled latents, the markdown table and the PNG grid of samples.
-Plain torch and PIL: nothing here imports ComfyUI."""
+"""The study's outputs: markdown tables, the machine-readable result, the frontier plot and
+the grid of samples (drawn with PIL, no plotting library)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from . import task
+from .study import METRICS, RowSummary, Statistic
 
-# A sample counts as clean (on the data manifold) when it is closer to a render than
-# half the smallest distance between two different renders (0.25).
-CLEAN_DISTANCE = 0.125
-
-
-@dataclass(frozen=True)
-class Scores:
-    accuracy: dict[str, float]  # aspect -> share of images showing the requested label
-    joint: float  # share with every aspect as requested
-    realism: float  # mean RMS distance to the nearest clean render (lower is better)
-    clean: float  # share of images within CLEAN_DISTANCE of a render
+DIGITS = 4
 
 
-def score(latents: torch.Tensor, requests: list[task.Request]) -> Scores:
-    wanted = task.request_labels(requests)
-    correct = {aspect: task.DETECTORS[aspect](latents) == wanted[aspect] for aspect in task.ASPECTS}
-    joint = torch.stack(list(correct.values())).all(dim=0)
-    distance = task.realism_distance(latents)
-    return Scores(accuracy={aspect: hits.float().mean().item() for aspect, hits in correct.items()},
-                  joint=joint.float().mean().item(), realism=distance.mean().item(),
-                  clean=(distance < CLEAN_DISTANCE).float().mean().item())
+def _format(stat: Statistic, digits: int = 2) -> str:
+    return f"{stat.mean:.{digits}f}"
 
 
-@dataclass(frozen=True)
-class RowResult:
-    group: str
-    name: str
-    scores: Scores
-    evaluations_per_image: float
-    seconds: float
-    latents: torch.Tensor  # all images, in the order of the benchmark's requests x seeds
-    amdm: Any = None  # the AMDM row's settings (methods.AMDMSettings); None for other rows
-
-
-def markdown_table(results: list[RowResult]) -> str:
-    """One line per row, numbered as in the sample grid."""
-    header = ("| # | group | method | " + " | ".join(task.ASPECTS)
-              + " | joint | realism (dist, lower better) | clean | evals/image | seconds |")
-    lines = [header, "|" + "---|" * (len(task.ASPECTS) + 9)]
-    for number, result in enumerate(results, start=1):
-        s = result.scores
-        aspects = " | ".join(f"{s.accuracy[aspect]:.2f}" for aspect in task.ASPECTS)
-        lines.append(f"| {number} | {result.group} | {result.name} | {aspects} | **{s.joint:.2f}** | "
-                     f"{s.realism:.3f} | {s.clean:.2f} | {result.evaluations_per_image:.0f} | "
-                     f"{result.seconds:.1f} |")
+def markdown_table(summaries: Sequence[RowSummary], first_number: int) -> str:
+    """One line per row, numbered as in the grid and the plot; joint with one standard
+    error over ecosystems and each ecosystem's value."""
+    aspects = summaries[0].aspects
+    joint = "joint (" + " + ".join(aspects) + ")" if len(aspects) < len(task.ASPECTS) else "joint"
+    header = (f"| # | group | method | evals/image | {' | '.join(task.ASPECTS)} | **{joint}** ± s.e. | "
+              f"{joint} per ecosystem | realism (lower better) |")
+    lines = [header, "|" + "---|" * (len(task.ASPECTS) + 7)]
+    for number, summary in enumerate(summaries, start=first_number):
+        metrics = summary.metrics
+        per_ecosystem = " / ".join(f"{value:.2f}" for value in summary.joint.per_ecosystem)
+        lines.append(f"| {number} | {summary.row.group} | {summary.row.name} | {summary.evaluations_per_image:.0f} | "
+                     + " | ".join(_format(metrics[aspect]) for aspect in task.ASPECTS)
+                     + f" | **{summary.joint.mean:.2f}** ± {summary.joint.standard_error:.2f} | {per_ecosystem} | "
+                     f"{metrics['realism'].mean:.3f} |")
     return "\n".join(lines)
+
+
+def _statistic_json(stat: Statistic) -> dict:
+    """Rounded; the standard error is null for a single ecosystem."""
+    error = None if math.isnan(stat.standard_error) else round(stat.standard_error, DIGITS)
+    return {"mean": round(stat.mean, DIGITS), "standard_error": error,
+            "per_ecosystem": [round(value, DIGITS) for value in stat.per_ecosystem]}
+
+
+def rows_json(summaries: Sequence[RowSummary], first_number: int) -> list[dict]:
+    return [{"number": number, "group": s.row.group, "method": s.row.name, "members": list(s.row.members),
+             "joint_aspects": list(s.aspects), "evals_per_image": round(s.evaluations_per_image, DIGITS),
+             **{name: _statistic_json(s.metrics[name]) for name in METRICS}}
+            for number, s in enumerate(summaries, start=first_number)]
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=1) + "\n")
 
 
 # Display colours of the four channel patterns (task.COLOUR_NAMES order).
 PALETTE = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.3, 0.4, 1.0]])
+FONT_SIZE = 13
+BACKGROUND = (40, 40, 40)
+TEXT = (230, 230, 230)
+
+
+def font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
 
 
 def latent_to_rgb(latents: torch.Tensor) -> torch.Tensor:
@@ -71,20 +76,123 @@ def latent_to_rgb(latents: torch.Tensor) -> torch.Tensor:
     return (weights @ PALETTE).clamp(0.0, 1.0)
 
 
-def sample_grid(rows: list[tuple[str, torch.Tensor]], path: Path, pixel: int = 6,
-                label_width: int = 400) -> None:
-    """One labelled row of images per entry; equal image counts per row."""
+def wrap(text: str, width: int, face: ImageFont.FreeTypeFont) -> list[str]:
+    """Lines of at most `width` pixels, broken at spaces."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and face.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def sample_grid(rows: list[tuple[str, torch.Tensor]], path: Path, pixel: int = 6, label_width: int = 420) -> None:
+    """One row of images per entry, labelled with its whole label wrapped over as many
+    lines as it needs; equal image counts per row."""
+    face = font()
+    line_height = FONT_SIZE + 3
     columns = rows[0][1].shape[0]
-    cell = task.GRID * pixel + 2
-    image = Image.new("RGB", (label_width + columns * cell, len(rows) * cell), (40, 40, 40))
+    tile = task.GRID * pixel
+    labels = [wrap(label, label_width - 8, face) for label, _ in rows]
+    heights = [max(tile + 2, len(lines) * line_height + 4) for lines in labels]
+    image = Image.new("RGB", (label_width + columns * (tile + 2), sum(heights)), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    for row_index, (label, latents) in enumerate(rows):
-        top = row_index * cell
-        draw.text((4, top + cell // 2 - 6), label, fill=(230, 230, 230))
-        rgb = (latent_to_rgb(latents) * 255).round().to(torch.uint8).numpy()
+    top = 0
+    for (_, latents), lines, height in zip(rows, labels, heights):
+        for index, line in enumerate(lines):
+            draw.text((4, top + 2 + index * line_height), line, fill=TEXT, font=face)
+        rgb = (latent_to_rgb(latents[:columns]) * 255).round().to(torch.uint8).numpy()
         for column in range(columns):
-            tile = Image.fromarray(rgb[column]).resize((task.GRID * pixel, task.GRID * pixel),
-                                                      Image.NEAREST)
-            image.paste(tile, (label_width + column * cell + 1, top + 1))
+            picture = Image.fromarray(rgb[column]).resize((tile, tile), Image.NEAREST)
+            image.paste(picture, (label_width + column * (tile + 2) + 1, top + 1))
+        draw.line([(0, top + height - 1), (image.width, top + height - 1)], fill=(70, 70, 70))
+        top += height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+# Plot families: (name, colour, which rows).
+FAMILIES = (
+    ("member alone / base", (150, 150, 150), lambda s: s.row.group in ("member alone", "reference")),
+    ("step handoff", (230, 150, 40), lambda s: s.row.name.startswith("step handoff")),
+    ("weight merge", (160, 100, 60), lambda s: s.row.name.startswith("weight merge")),
+    ("score sum", (20, 20, 20), lambda s: s.row.name.startswith("score sum")),
+    ("AMDM, averaged guidance", (60, 110, 220), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "averaged"),
+    ("AMDM, full guidance", (30, 160, 80), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "full"),
+)
+PRESET_COLOUR = (210, 40, 40)
+JITTER = 7  # pixels between rows of equal cost in the plot
+
+
+def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep: Sequence[RowSummary] = (),
+                  first_number: int = 1, size: tuple[int, int] = (980, 640)) -> None:
+    """Joint accuracy (mean over ecosystems, bars: one standard error) against model
+    evaluations per image; points numbered as in the table; the rows of ``sweep`` (a
+    window sweep) joined by a line."""
+    width, height = size
+    left, right, top, bottom = 70, 250, 50, 60
+    x_max = 10 * (int(max(s.evaluations_per_image for s in summaries)) // 10 + 2)
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    face, small = font(14), font(11)
+
+    def to_pixel(x: float, y: float) -> tuple[float, float]:
+        return (left + x / x_max * (width - left - right), height - bottom - y * (height - top - bottom))
+
+    for tick in range(0, 11):
+        _, y = to_pixel(0, tick / 10)
+        draw.line([(left, y), (width - right, y)], fill=(235, 235, 235))
+        draw.text((left - 8, y), f"{tick / 10:.1f}", fill=(0, 0, 0), font=small, anchor="rm")
+    for tick in range(0, x_max + 1, 20):
+        x, _ = to_pixel(tick, 0)
+        draw.line([(x, top), (x, height - bottom)], fill=(235, 235, 235))
+        draw.text((x, height - bottom + 8), str(tick), fill=(0, 0, 0), font=small, anchor="mt")
+    draw.rectangle([to_pixel(0, 1), to_pixel(x_max, 0)], outline=(0, 0, 0))
+    draw.text(((left + width - right) / 2, height - 22), "model evaluations per image", fill=(0, 0, 0),
+              font=face, anchor="mm")
+    draw.text((left, top - 6), "joint accuracy", fill=(0, 0, 0), font=face, anchor="ls")
+    draw.text((left, 4), title, fill=(0, 0, 0), font=face)
+
+    numbered = list(enumerate(summaries, start=first_number))
+    # Rows at the same cost are spread sideways (in joint accuracy order) so that each
+    # stays readable; the x axis keeps its meaning to within a few evaluations.
+    offsets: dict[int, float] = {}
+    for cost in {s.evaluations_per_image for _, s in numbered}:
+        same = sorted((n for n, s in numbered if s.evaluations_per_image == cost),
+                      key=lambda n: summaries[n - first_number].joint.mean)
+        for index, number in enumerate(same):
+            offsets[number] = (index - (len(same) - 1) / 2) * JITTER
+
+    def place(number: int, summary: RowSummary) -> tuple[float, float]:
+        x, y = to_pixel(summary.evaluations_per_image, summary.joint.mean)
+        return x + offsets[number], y
+
+    line = sorted(((n, s) for n, s in numbered if any(s is member for member in sweep)),
+                  key=lambda n_s: n_s[1].evaluations_per_image)
+    if len(line) > 1:
+        draw.line([place(n, s) for n, s in line], fill=(120, 120, 120), width=2)
+    for number, summary in numbered:
+        colour = next((c for _, c, member in FAMILIES if member(summary)), (0, 0, 0))
+        if summary.row.group == "AMDM preset":
+            colour = PRESET_COLOUR
+        x, y = place(number, summary)
+        error = summary.joint.standard_error * (height - top - bottom)
+        draw.line([(x, y - error), (x, y + error)], fill=colour, width=2)
+        draw.line([(x - 4, y - error), (x + 4, y - error)], fill=colour)
+        draw.line([(x - 4, y + error), (x + 4, y + error)], fill=colour)
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
+        draw.text((x + 7, y - 2), str(number), fill=colour, font=small, anchor="lm")
+
+    legend_x, legend_y = width - right + 16, top + 4
+    entries = [(name, colour) for name, colour, _ in FAMILIES] + [("AMDM preset", PRESET_COLOUR)]
+    for index, (name, colour) in enumerate(entries):
+        y = legend_y + index * 22
+        draw.ellipse([legend_x, y + 3, legend_x + 10, y + 13], fill=colour)
+        draw.text((legend_x + 16, y + 8), name, fill=(0, 0, 0), font=small, anchor="lm")
+    note = ("numbers: rows of the README table; bars: one standard error over the ecosystems; "
+            "rows of equal cost are spread sideways; line: the window sweep around the budget preset")
+    for index, line in enumerate(wrap(note, right - 24, small)):
+        draw.text((legend_x, legend_y + len(entries) * 22 + 12 + index * 14), line, fill=(90, 90, 90), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
