@@ -154,8 +154,10 @@ def throw_if_interrupted() -> None:
 def estimate_memory(guider: Any, shape: Sequence[int]) -> tuple[int, int]:
     """What ComfyUI reserves when it loads this guider's model for latents of ``shape``
     (conds' extra models, a ControlNet's inference memory included)."""
-    return comfy.sampler_helpers.estimate_memory(guider.model_patcher, shape,
-                                                 guider.original_conds)
+    patcher, conds = guider.model_patcher, guider.original_conds
+    memory, minimum = comfy.sampler_helpers.estimate_memory(patcher, shape, conds)
+    _, inference_memory = comfy.sampler_helpers.get_additional_models(conds, patcher.model_dtype())
+    return memory + inference_memory, minimum + inference_memory
 
 
 def guider_patchers(guider: Any) -> list[Any]:

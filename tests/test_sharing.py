@@ -155,7 +155,9 @@ def test_members_with_one_checkpoint_and_one_latent_share_one_unet_call_per_step
                                Member(apart, prompts["blue"], prompts["empty"], 5.0)],
                               schedule, "euler")
     assert len(batches) == STEPS + 4 and set(batches) == {2}
-    torch.testing.assert_close(batched, sequential, rtol=1e-4, atol=1e-4)
+    # One batched call rounds differently from two: a few ulps of the latent's scale.
+    torch.testing.assert_close(batched, sequential, rtol=1e-4,
+                               atol=1e-5 * sequential.abs().max().item())
     assert not torch.allclose(batched, ksampler(model_a, prompts["red"], prompts["empty"], 7.0,
                                                 "euler"))
 
@@ -171,18 +173,17 @@ def _controlled(prompts, fixture_files):
 def test_a_member_reloaded_in_the_window_reserves_what_comfyui_reserves(
         amdm, model_a, prompts, fixture_files, monkeypatch):
     """In LOW_VRAM mode a LoRA member and the target swap one module at every window step;
-    each reload of the member reserves ComfyUI's own estimate for it, its ControlNet's
-    inference memory included."""
+    each reload of the member reserves what ComfyUI's own sampling prepare reserves for it:
+    the estimate for its conds plus its ControlNet's inference memory."""
     Member, Schedule = amdm
     positive, negative = _controlled(prompts, fixture_files)
     lora = lora_clone(model_a, fixture_files, 0.7)
     conds = {"positive": comfy.sampler_helpers.convert_cond(positive),
              "negative": comfy.sampler_helpers.convert_cond(negative)}
     shape = (1, 4, 8, 8)
-    expected = comfy.sampler_helpers.estimate_memory(lora, shape, conds)
-    without_control = comfy.sampler_helpers.estimate_memory(lora, shape, {
-        "positive": comfy.sampler_helpers.convert_cond(prompts["blue"])})
-    assert expected[0] > without_control[0]
+    memory, minimum = comfy.sampler_helpers.estimate_memory(lora, shape, conds)
+    _, control_memory = comfy.sampler_helpers.get_additional_models(conds, lora.model_dtype())
+    expected = (memory + control_memory, minimum + control_memory)
     with vram_state(comfy.model_management.VRAMState.LOW_VRAM), \
             recording(monkeypatch, comfy.model_management, "load_models_gpu") as loads:
         amdm_sampler([Member(model_a, prompts["red"], prompts["empty"], 7.0),
@@ -211,7 +212,8 @@ def test_an_evicted_controlnet_is_loaded_again_before_its_member_runs(amdm, mode
 
     def record(apply_model, args):
         loaded = comfy.model_management.loaded_models()
-        seen.append(all(any(m.model is c.model for m in loaded) for c in control_models))
+        seen.append(all(any(m is not None and m.model is c.model for m in loaded)
+                        for c in control_models))
         return apply_model(args["input"], args["timestep"], **args["c"])
     watched.set_model_unet_function_wrapper(record)
     amdm_sampler([Member(evicting, prompts["red"], prompts["empty"], 7.0),
