@@ -35,15 +35,15 @@ class Schedule:
 
     start_percent: float = 0.0
     end_percent: float = 0.4
-    aggregation: str = "linear"
+    aggregation: str = "slerp"
     weight_curve: str = "constant"
     deviation_mode: str = "none"
     deviation_strength: float = 0.0
     target_member: int = 1
-    noise_mode: str = "shared"
+    noise_mode: str = "independent"
     start_step: int = 0
     end_step: int = NO_STEP_LIMIT
-    guidance: str = "averaged"
+    guidance: str = "full"
 
     def __post_init__(self) -> None:
         _check_choice("aggregation", self.aggregation, AGGREGATION_MODES)

@@ -45,9 +45,10 @@ class ModelStack:
                 "negative": ("CONDITIONING", {"tooltip": "This member's negative conditioning."}),
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1,
                                   "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale of this member. Aggregating "
-                                             "N members averages their guidance: non-target "
-                                             "members often need a higher cfg."}),
+                                  "tooltip": "Classifier-free guidance scale of this member. Inside the "
+                                             "window the schedule's guidance option decides "
+                                             "how much of it reaches the merge (full, the "
+                                             "default: all of it)."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01,
                                      "tooltip": "Share of this member in the aggregated latent "
                                                 "(relative to the other members' weights)."}),
@@ -107,9 +108,11 @@ class AggregationSchedule:
                                                      "step); after it the target finishes "
                                                      "alone and the others stop."}),
                 "aggregation": (AGGREGATION_MODES, {"default": d.aggregation,
-                                                    "tooltip": "linear: weighted mean; slerp: "
-                                                               "weighted mean rescaled to the "
-                                                               "members' mean norm; paper: "
+                                                    "tooltip": "slerp (default): weighted "
+                                                               "mean rescaled to the members' "
+                                                               "mean norm, which keeps the noise "
+                                                               "level; linear: weighted mean; "
+                                                               "paper: "
                                                                "weights normalised to unit L2 "
                                                                "norm as in the AMDM paper."}),
                 "weight_curve": (WEIGHT_CURVES, {"default": d.weight_curve,
@@ -132,15 +135,14 @@ class AggregationSchedule:
                                           "tooltip": "Which member (1 = first in the chain) "
                                                      "produces the image."}),
                 "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
-                                             "tooltip": "shared: all members start from the "
+                                             "tooltip": "independent (default): each member "
+                                                        "its own noise derived from the seed "
+                                                        "(slerp and paper keep the noise level; "
+                                                        "linear shrinks it by about 1/sqrt(N)); "
+                                                        "shared: all members start from the "
                                                         "target's noise and draw the same "
                                                         "stochastic noise at each window step, "
-                                                        "so merging keeps the noise level "
-                                                        "(right for linear and slerp); "
-                                                        "independent: each member its own noise "
-                                                        "derived from the seed (right for "
-                                                        "paper, whose weights keep the norm of "
-                                                        "independent noises)."}),
+                                                        "so linear keeps the noise level too."}),
             },
             "optional": {
                 "start_step": ("INT", {"default": d.start_step, "min": 0, "max": MAX_STEP,
@@ -150,14 +152,14 @@ class AggregationSchedule:
                                      "tooltip": "Also require step index < end_step; "
                                                 "0 = no limit."}),
                 "guidance": (GUIDANCE_MODES, {"default": d.guidance,
-                                              "tooltip": "averaged: the merge blends the members' "
-                                                         "classifier-free guidance with their "
-                                                         "latents (N equal members keep 1/N each); "
-                                                         "full: inside the window every member's cfg "
-                                                         "is divided by the largest member share, so "
-                                                         "equal members each keep their whole "
-                                                         "guidance, as in a sum of the members' "
-                                                         "guidance (members at cfg 1 stay at 1)."}),
+                                              "tooltip": "full (default): inside the window every "
+                                                         "member's cfg is divided by the largest member "
+                                                         "share, so equal members each keep their whole "
+                                                         "guidance, as in a sum of the members' guidance "
+                                                         "(members at cfg 1 stay at 1); averaged: the "
+                                                         "merge blends the members' classifier-free "
+                                                         "guidance with their latents (N equal members "
+                                                         "keep 1/N each)."}),
             },
         }
 

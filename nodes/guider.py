@@ -409,17 +409,17 @@ def _warn_on_noise_level(schedule: Schedule, n_members: int) -> None:
     """Aggregation and noise mode must agree, or the merged latent loses or gains noise."""
     if schedule.aggregation == "paper" and n_members > 2:
         logger.warning("aggregation 'paper' with %d members: its coefficients sum to more than "
-                       "one, so the merged latent grows whenever the members agree; 'linear' "
+                       "one, so the merged latent grows whenever the members agree; 'slerp' "
                        "keeps it on scale", n_members)
     if schedule.aggregation == "linear" and schedule.noise_mode == "independent":
         logger.warning("aggregation 'linear' with noise_mode 'independent' averages independent "
                        "noises: the merged latent keeps only about 1/sqrt(N) of the noise the "
-                       "next step expects. Use noise_mode 'shared' (the default), or 'slerp'")
+                       "next step expects. Use aggregation 'slerp' (the default) or noise_mode 'shared'")
     if schedule.aggregation == "paper" and schedule.deviation_mode == "none":
         logger.warning("aggregation 'paper' without deviation: after the first window step all "
                        "members continue from one latent, and the paper's weights (their sum "
                        "exceeds one) inflate it at every step. Use deviation_mode 'absolute' "
-                       "(the paper's p, about 50 for 512 px) or aggregation 'linear'")
+                       "(the paper's p, about 50 for 512 px) or aggregation 'slerp'")
     if schedule.aggregation == "paper" and schedule.noise_mode == "shared":
         logger.warning("aggregation 'paper' with noise_mode 'shared': the paper's weights keep "
                        "the norm of independent noises and inflate a shared one; use "

@@ -193,15 +193,15 @@ def test_one_member_is_ksampler_bit_for_bit(kit, family: str, sampler: str) -> N
 
 @pytest.mark.parametrize("family", [f for f in CASES if len(family_models.family_models(f)) == 2])
 def test_second_member_pulls_the_result_towards_its_own(kit, family: str) -> None:
-    """Window over every step, shared noise, linear aggregation: as member 2's weight grows the
-    target's trajectory becomes member 2's, so the result moves from what the target alone
-    produces to what member 2 alone produces."""
+    """Window over every step, shared noise, linear aggregation, averaged guidance: as member
+    2's weight grows the target's trajectory becomes member 2's, so the result moves from
+    what the target alone produces to what member 2 alone produces."""
     family_kit = kit(family)
     target, other = family_kit.members
     latent = family_kit.case.latent()
     target_alone, other_alone = ksampler(target, latent), ksampler(other, latent)
     window_everywhere = schedule(start_percent=0.0, end_percent=1.0, aggregation="linear",
-                                 deviation_mode="none", noise_mode="shared")
+                                 deviation_mode="none", noise_mode="shared", guidance="averaged")
     results = {weight: amdm(stack(target, other, weights=(1.0, weight)), latent, window_everywhere)
                for weight in (1.0, 100.0)}
     default = amdm(stack(target, other), latent)
@@ -214,7 +214,7 @@ def test_second_member_pulls_the_result_towards_its_own(kit, family: str) -> Non
     # Equal weights land about halfway; weight 100 leaves about 1/101 of the way.
     assert 0.3 < towards_other[1.0] < 0.7
     assert towards_other[100.0] < 0.03
-    # The default schedule (independent noise, first 40 % of the steps) aggregates too.
+    # The default schedule (first 40 % of the steps) aggregates too.
     assert relative_distance(default, target_alone, scale) > 0.01
 
 

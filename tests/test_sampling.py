@@ -44,14 +44,18 @@ def test_zero_weight_members_match_ksampler_with_euler(amdm, model_a, model_b, p
 
 def test_identical_members_aggregate_to_plain_sampling(amdm, model_a, prompts):
     """Noise scaling happens once for the whole run: aggregating identical trajectories
-    (shared noise, deterministic sampler) changes nothing."""
+    (shared noise, deterministic sampler, averaged guidance) changes nothing."""
     Member, Schedule = amdm
     member = Member(model_a, prompts["cat"], prompts["empty"], 6.0)
     reference = ksampler(model_a, prompts["cat"], prompts["empty"], 6.0, "euler")
     for aggregation in ("linear", "slerp"):
         out = amdm_sampler([member, member], Schedule(end_percent=0.7, aggregation=aggregation,
-                                                      noise_mode="shared"), "euler")
-        assert (out - reference).abs().max() <= 1e-4, aggregation
+                                                      noise_mode="shared", guidance="averaged"),
+                           "euler")
+        # Identical members share one batched UNet call, whose float rounding differs from a
+        # batch of one by a few ulps of the latent's scale.
+        torch.testing.assert_close(out, reference, rtol=1e-5,
+                                   atol=1e-5 * reference.abs().max().item(), msg=aggregation)
 
 
 def test_aggregation_changes_the_result_and_is_deterministic(amdm, model_a, model_b, prompts):
@@ -324,7 +328,9 @@ def test_all_members_are_loaded_during_the_window(comfy, amdm, model_a, model_b,
         watched = model.clone()
 
         def record_loaded(apply_model, args):
-            seen[name].append({id(m.model) for m in comfy.model_management.loaded_models()})
+            # An entry whose model was garbage-collected reads as None until ComfyUI drops it.
+            seen[name].append({id(m.model) for m in comfy.model_management.loaded_models()
+                               if m is not None})
             return apply_model(args["input"], args["timestep"], **args["c"])
         watched.set_model_unet_function_wrapper(record_loaded)
         return watched
