@@ -275,3 +275,28 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
     for name in ("frontier", "grid"):
         with Image.open(paths[name]) as image:
             assert image.width > 600 and image.height > 300, name
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{run.README_BEGIN}\nold table\n{run.README_END}\nafter\n")
+    run.update_readme(run.results_text(outcome, config, "###"), readme)
+    updated = readme.read_text()
+    assert "old table" not in updated and updated.startswith("before\n") and updated.endswith("after\n")
+    assert "### What the numbers say" in updated and "| AMDM modes | AMDM linear" in updated
+
+
+def test_the_readme_shows_the_committed_results(pack) -> None:
+    """The README's tables are the main job's: every row of the committed JSON appears in
+    the README with its evaluations, joint accuracy and per-ecosystem values."""
+    from benchmarks.toy_ecosystem import run
+
+    readme = (comfy_env.REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index(run.README_BEGIN):readme.index(run.README_END)]
+    result = json.loads((comfy_env.REPO_ROOT / "benchmarks" / "results" / "toy_ecosystem.json").read_text())
+    rows = result["rows"] + result["two_member_rows"]
+    lines = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        joint = row["joint"]
+        assert line.startswith(f"| {row['number']} | {row['group']} | {row['method']} | "
+                               f"{row['evals_per_image']:.0f} |"), line
+        assert f"**{joint['mean']:.2f}**" in line, line
+        assert " / ".join(f"{value:.2f}" for value in joint["per_ecosystem"]) in line, line

@@ -148,8 +148,8 @@ def explicit(aggregation: str, noise_mode: str, guidance: str, others_cfg_factor
 # The chosen settings: what `--full` selects on the development ecosystems by
 # study.choose_presets, recorded here so that the main job reports them without the
 # selection sweep. `--full` checks that its choice still equals them.
-BUDGET_PRESET = explicit("linear", "shared", "full", 2.0, 0.4)
-MATCH_PRESET: AMDMSettings | None = None
+BUDGET_PRESET = explicit("slerp", "independent", "full", 3.0, 0.4)
+MATCH_PRESET: AMDMSettings | None = explicit("slerp", "independent", "full", 3.0, 0.4)
 
 # Aggregations that keep the merged latent at the scale its noise level expects: linear
 # only with shared noise (averaging N independent noises shrinks them by 1/sqrt(N)),

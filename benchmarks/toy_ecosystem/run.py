@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
+README = REPO_ROOT / "README.md"
+# The README's copy of the tables lies between these lines; the main job rewrites it.
+README_BEGIN = "<!-- toy ecosystem results: written by python3 -m benchmarks.toy_ecosystem -->"
+README_END = "<!-- end of toy ecosystem results -->"
 GRID_COLUMNS = 12
 
 
@@ -132,15 +136,29 @@ def setup_text(config: study.StudyConfig, outcome: Outcome) -> str:
             + ".")
 
 
+def results_text(outcome: Outcome, config: study.StudyConfig, heading: str) -> str:
+    """The set-up, both tables and the conclusions, with sections at markdown ``heading``."""
+    three, two = outcome.three_members, outcome.two_members
+    return "\n\n".join([
+        setup_text(config, outcome),
+        f"{heading} Three members (target shape)", report.markdown_table(three, 1),
+        f"{heading} Two members, the paper's case (target colour)", report.markdown_table(two, len(three) + 1),
+        f"{heading} What the numbers say", "\n".join(conclusions(outcome))])
+
+
+def update_readme(text: str, readme: Path = README) -> Path:
+    """Replace the README's copy of the results (between README_BEGIN and README_END)."""
+    old = readme.read_text(encoding="utf-8")
+    start, end = old.index(README_BEGIN) + len(README_BEGIN), old.index(README_END)
+    readme.write_text(f"{old[:start]}\n{text}\n{old[end:]}", encoding="utf-8")
+    return readme
+
+
 def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path = RESULTS_DIR,
                   images_dir: Path = IMAGES_DIR) -> dict[str, Path]:
     three, two = outcome.three_members, outcome.two_members
     first_pair = len(three) + 1
-    text = "\n\n".join([
-        "# AMDM toy ecosystem study", setup_text(config, outcome),
-        "## Three members (target shape)", report.markdown_table(three, 1),
-        "## Two members, the paper's case (target colour)", report.markdown_table(two, first_pair),
-        "## What the numbers say", "\n".join(conclusions(outcome))]) + "\n"
+    text = f"# AMDM toy ecosystem study\n\n{results_text(outcome, config, '##')}\n"
     paths = {"markdown": results_dir / "toy_ecosystem.md", "json": results_dir / "toy_ecosystem.json",
              "frontier": images_dir / "toy_frontier.png", "grid": images_dir / "toy_ecosystem_samples.png"}
     paths["markdown"].parent.mkdir(parents=True, exist_ok=True)
