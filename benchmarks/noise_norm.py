@@ -1,21 +1,24 @@
 """Does aggregation keep the latent at the norm its sigma expects?
 
-    python3 -m benchmarks.noise_norm [--steps 20] [--full-size 128]
+    python3 -m benchmarks.noise_norm [--steps 20] [--sizes 64 128]
 
 At every window step the merged latent is what each member continues from, so its norm
 must be what the next sigma expects: early on a latent is almost all noise, and averaging
 N independent noises keeps only about 1/sqrt(N) of it. This benchmark runs AMDMGuider on
-SD-size latents (4x64x64, and 4x128x128 for the default and its contrasts; batch 2) with
-two and three members of the SD1.5 ecosystem. Each member is ComfyUI's SD1.5 model class
-at a narrow width with random weights, made a denoiser the way the test suite's fixture
-checkpoints are (eps = a * c_in * x, a = ln(sigma_max) / asinh(sigma_max), plus the
-member's own random UNet output scaled to 5% of that), so that latents keep ordinary sizes
-and members differ, at a cost that lets 4x128x128 run on a CPU. For each aggregation x
-noise mode it reports the largest deviation from 1, over the window's steps and the batch
-items, of ||merged latent|| / ||target alone's latent at the same step||. The target alone
-is ComfyUI's CFGGuider with the same noise: its latent has the norm the model's own
-trajectory has at that sigma. Only the window's steps are run (the default window of a
---steps schedule).
+SD-size latents (4x64x64 for every setting, larger sizes for the default and its
+contrasts; batch 2) with two and three members of the SD1.5 ecosystem. Each member is
+ComfyUI's SD1.5 model class at a narrow width with random weights, made a denoiser the way
+the test suite's fixture checkpoints are (eps = a * c_in * x, a = ln(sigma_max) /
+asinh(sigma_max), plus the member's own random UNet output scaled to 5% of that), so that
+latents keep ordinary sizes and members differ, at a cost that lets 4x128x128 run on a
+CPU. For each aggregation x noise mode it reports the largest deviation from 1, over the
+window's steps and the batch items, of ||merged latent|| / ||target alone's latent at the
+same step||. The target alone is the same stack with the other members at weight 0: the
+target's own trajectory, driven one step per call with the same noise and step noise, so
+its latent has the norm the model's own trajectory has at that sigma. (KSampler itself is
+no reference for ancestral samplers: it seeds their first step noise like the initial
+noise, so the two are the same tensor and add up coherently.) Only the window's steps are
+run (the default window of a --steps schedule).
 
 Prints a markdown table; every number comes from this run.
 """
@@ -70,8 +73,9 @@ def latent_norms(guider, noise: torch.Tensor, latent: torch.Tensor, sampler,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--full-size", type=int, default=128,
-                        help="latent size of the default-schedule rows besides 64 (0: none)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128],
+                        help="latent sizes: 64 runs every setting, any other size the default "
+                             "and its contrasts")
     parser.add_argument("--samplers", nargs="+", default=["euler", "euler_ancestral"])
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -92,9 +96,6 @@ def main() -> None:
     schedule_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", options.steps)
     window = window_for(schedule_sigmas.tolist(), model_sampling.percent_to_sigma, default)
     sigmas = schedule_sigmas[:window.stop + 1]  # the window's steps only
-    reference_guider = comfy.samplers.CFGGuider(models[0])
-    reference_guider.set_conds(positives[0], negative)
-    reference_guider.set_cfg(7.0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, window steps "
           f"{window.start} to {window.stop - 1} of {options.steps} (normal scheduler), cfg 7, "
           f"batch 2, denoiser-shaped narrow SD1.5 members\n")
@@ -106,18 +107,27 @@ def main() -> None:
     everything = [(a, n, "none") for a in ("linear", "slerp", "paper")
                   for n in ("shared", "independent")] + [("paper", "independent", "absolute")]
     started = time.monotonic()
-    sizes = [(64, everything)] + ([(options.full_size, contrasts)] if options.full_size else [])
+    sizes = [(size, everything if size == 64 else contrasts) for size in options.sizes]
     for (size, settings), sampler_name in itertools.product(sizes, options.samplers):
         sampler = comfy.samplers.sampler_object(sampler_name)
         latent = torch.zeros(2, 4, size, size)
         noise = comfy.sample.prepare_noise(latent, SEED)
-        reference = latent_norms(reference_guider, noise, latent, sampler, sigmas)
+        # With the others at weight 0 every aggregation and deviation leaves the target's own
+        # latent, so the reference depends only on the member count and the noise mode.
+        references: dict[tuple[int, str], list[torch.Tensor]] = {}
         for n_members, (aggregation, noise_mode, deviation) in itertools.product((2, 3),
                                                                                  settings):
             strength = PAPER_P * size / 64 if deviation == "absolute" else 0.0
             schedule = Schedule(aggregation=aggregation, noise_mode=noise_mode,
                                 deviation_mode=deviation, deviation_strength=strength)
             stack = [Member(models[m], positives[m], negative, 7.0) for m in range(n_members)]
+            if (n_members, noise_mode) not in references:
+                target_alone = [Member(models[m], positives[m], negative, 7.0,
+                                       weight=float(m == 0)) for m in range(n_members)]
+                references[n_members, noise_mode] = latent_norms(
+                    AMDMGuider(target_alone, Schedule(noise_mode=noise_mode)), noise, latent,
+                    sampler, sigmas)
+            reference = references[n_members, noise_mode]
             norms = latent_norms(AMDMGuider(stack, schedule), noise, latent, sampler, sigmas)
             # the latents each window step produced: callback x of the next step, the result
             ratios = torch.stack([norms[k] / reference[k] for k in range(1, len(norms))])

@@ -122,7 +122,8 @@ FAMILIES = (
     ("AMDM, full guidance", (30, 160, 80), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "full"),
 )
 PRESET_COLOUR = (210, 40, 40)
-JITTER = 7  # pixels between rows of equal cost in the plot
+JITTER = 7  # pixels between overlapping rows of equal cost in the plot
+OVERLAP = 0.03  # joint accuracies closer than this at one cost would hide each other
 
 
 def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep: Sequence[RowSummary] = (),
@@ -155,14 +156,22 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
     draw.text((left, 4), title, fill=(0, 0, 0), font=face)
 
     numbered = list(enumerate(summaries, start=first_number))
-    # Rows at the same cost are spread sideways (in joint accuracy order) so that each
-    # stays readable; the x axis keeps its meaning to within a few evaluations.
+    # Rows of equal cost whose accuracies overlap are spread sideways (in accuracy order) so
+    # that each stays readable; every other point sits at its exact cost.
     offsets: dict[int, float] = {}
     for cost in {s.evaluations_per_image for _, s in numbered}:
         same = sorted((n for n, s in numbered if s.evaluations_per_image == cost),
                       key=lambda n: summaries[n - first_number].joint.mean)
-        for index, number in enumerate(same):
-            offsets[number] = (index - (len(same) - 1) / 2) * JITTER
+        clusters: list[list[int]] = []
+        for number in same:
+            mean = summaries[number - first_number].joint.mean
+            if clusters and mean - summaries[clusters[-1][-1] - first_number].joint.mean < OVERLAP:
+                clusters[-1].append(number)
+            else:
+                clusters.append([number])
+        for cluster in clusters:
+            for index, number in enumerate(cluster):
+                offsets[number] = (index - (len(cluster) - 1) / 2) * JITTER
 
     def place(number: int, summary: RowSummary) -> tuple[float, float]:
         x, y = to_pixel(summary.evaluations_per_image, summary.joint.mean)
@@ -191,7 +200,8 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
         draw.ellipse([legend_x, y + 3, legend_x + 10, y + 13], fill=colour)
         draw.text((legend_x + 16, y + 8), name, fill=(0, 0, 0), font=small, anchor="lm")
     note = ("numbers: rows of the README table; bars: one standard error over the ecosystems; "
-            "rows of equal cost are spread sideways; line: the window sweep around the budget preset")
+            "overlapping rows of equal cost are spread sideways; line: the window sweep around the "
+            "budget preset")
     for index, line in enumerate(wrap(note, right - 24, small)):
         draw.text((legend_x, legend_y + len(entries) * 22 + 12 + index * 14), line, fill=(90, 90, 90), font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
