@@ -141,7 +141,8 @@ def test_members_with_one_checkpoint_and_one_latent_share_one_unet_call_per_step
     uncond go through one UNet call per step; the result is the sequential one's (members
     whose options differ by an attention patch that changes nothing are not batched)."""
     Member, Schedule = amdm
-    schedule = Schedule(end_percent=0.5)
+    # Shared noise: the members step from one latent from the window's first step on.
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
     counted, batches = _count_unet_calls(model_a)
     batched = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
                             Member(counted, prompts["blue"], prompts["empty"], 5.0)],
