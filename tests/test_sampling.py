@@ -10,7 +10,8 @@ import torch
 
 from support.comfy_env import run_node
 from support.sampling import (SEED, STEPS, EvaluationLog, amdm, amdm_sampler,  # noqa: F401
-                              empty_latent, ksampler, model_a, model_b, model_c, prompts)
+                              empty_latent, interrupting_clone, ksampler, model_a, model_b,
+                              model_c, prompts)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
@@ -297,15 +298,7 @@ def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, 
         assert updates == [(i, 10) for i in range(1, 11)]
 
         log = EvaluationLog()
-        interrupting = model_b.clone()
-        evaluations = []
-
-        def interrupt_on_second_call(apply_model, args):
-            evaluations.append(1)
-            if len(evaluations) == 2:
-                comfy.model_management.interrupt_current_processing(True)
-            return apply_model(args["input"], args["timestep"], **args["c"])
-        interrupting.set_model_unet_function_wrapper(interrupt_on_second_call)
+        interrupting, evaluations = interrupting_clone(model_b)
         members = [Member(log.watch(model_a, "a"), prompts["red"], prompts["empty"], 7.0),
                    Member(interrupting, prompts["blue"], prompts["empty"], 5.0)]
         with pytest.raises(comfy.model_management.InterruptProcessingException):

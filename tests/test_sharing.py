@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from support.comfy_env import run_node
-from support.sampling import (STEPS, amdm, amdm_sampler, ksampler, model_a,  # noqa: F401
-                              model_b, prompts)
+from support.sampling import (STEPS, amdm, amdm_sampler, interrupting_clone,  # noqa: F401
+                              ksampler, model_a, model_b, prompts)
 
 
 @contextlib.contextmanager
@@ -92,15 +92,7 @@ def test_no_patched_weights_leak_after_complete_or_interrupted_runs(amdm, model_
     target and on the clone gives what it gave before, bit for bit."""
     Member, Schedule = amdm
     lora = lora_clone(model_a, fixture_files, 0.6)
-    interrupting = lora.clone()
-    calls = []
-
-    def interrupt_on_second_call(apply_model, args):
-        calls.append(1)
-        if len(calls) == 2:
-            comfy.model_management.interrupt_current_processing(True)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-    interrupting.set_model_unet_function_wrapper(interrupt_on_second_call)
+    interrupting, _ = interrupting_clone(lora)
 
     def references():
         return [ksampler(m, prompts["red"], prompts["empty"], 7.0, "euler")

@@ -64,6 +64,24 @@ def amdm_sampler(stack, schedule, sampler, latent=None, seed=SEED, steps=STEPS,
                     denoise=denoise, schedule=schedule)[0]["samples"]
 
 
+def interrupting_clone(model, on_call: int = 2) -> tuple:
+    """A clone of ``model`` that asks ComfyUI to interrupt at its ``on_call``-th UNet call
+    (the call itself completes; the sampler stops at its next check), and the list that
+    grows by one entry per UNet call of it."""
+    import comfy.model_management
+
+    calls = []
+    interrupting = model.clone()
+
+    def interrupt(apply_model, args):
+        calls.append(1)
+        if len(calls) == on_call:
+            comfy.model_management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    interrupting.set_model_unet_function_wrapper(interrupt)
+    return interrupting, calls
+
+
 class EvaluationLog:
     """Records every UNet evaluation of a model through ComfyUI's unet function wrapper."""
 
