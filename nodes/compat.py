@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import psutil
 import torch
 
+import comfy.conds
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -310,6 +311,32 @@ def same_model_options(a: Any, b: Any) -> bool:
     wrappers and options (compared by identity; copies of patch objects count as
     different)."""
     return _same_options(a.model_options, b.model_options)
+
+
+def _equal_conds(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and \
+            bool(torch.equal(a, b))
+    if isinstance(a, comfy.conds.CONDRegular):
+        return _equal_conds(a.cond, b.cond)
+    if isinstance(a, dict):
+        # Every processed cond gets a uuid of its own; it names the cond, it is not an input.
+        keys = a.keys() - {"uuid"}
+        return keys == b.keys() - {"uuid"} and all(_equal_conds(a[k], b[k]) for k in keys)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal_conds(x, y) for x, y in zip(a, b))
+    return isinstance(a, (str, int, float, bool)) and a == b
+
+
+def same_processed_conds(a: Optional[list], b: Optional[list]) -> bool:
+    """Whether two of the guiders' processed cond lists (as calc_cond_batch takes them)
+    are the same input to the model: equal tensors and model conds, the same objects for
+    anything else (a ControlNet, a GLIGEN model)."""
+    return a is not None and b is not None and _equal_conds(a, b)
 
 
 def conds_have_hooks(guider: Any) -> bool:

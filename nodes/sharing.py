@@ -12,7 +12,9 @@ prompts, a GLIGEN box, a ControlNet, area or mask conds) and continue from one l
 their conds are evaluated together: the first of them to call the model runs ComfyUI's
 calc_cond_batch on every such member's conds at once (as ComfyUI batches cond and uncond,
 split by its own memory estimate), and each member's sampling_function takes its share
-and applies its own CFG.
+and applies its own CFG. A cond list that several of them share (typically one negative
+prompt for all) is evaluated once: at one latent and sigma, with the same weights, it is
+the same prediction.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ class SharedEvaluation:
                  members: Sequence[Member], masked: bool):
         self.sessions = sessions
         self.groups: list[list[int]] = [] if masked else _groups(models, members, sessions)
+        self.cond_classes = _cond_classes(self.groups, sessions)
         self.pending: dict[int, _Evaluation] = {}
 
     def window_args(self, index: int, extra_args: dict) -> dict:
@@ -142,11 +145,21 @@ class SharedEvaluation:
         cfg1 = compat.cfg1_optimised(args["model_options"])
         evaluation.conds = {i: compat.guider_conds(self.sessions[i].guider, cfg1)
                             for i in evaluation.indices}
-        flat = [conds for i in evaluation.indices for conds in evaluation.conds[i]]
+        # Each distinct cond list once; a skipped uncond (None, cfg 1) gives zeros.
+        flat: list[Optional[list]] = []
+        position: dict[Optional[int], int] = {}
+        slots: dict[int, list[int]] = {}
+        for i in evaluation.indices:
+            slots[i] = []
+            for cond_class, conds in zip(self.cond_classes[i], evaluation.conds[i]):
+                key = None if conds is None else cond_class
+                if key not in position:
+                    position[key] = len(flat)
+                    flat.append(conds)
+                slots[i].append(position[key])
         outputs = compat.calc_cond_batch(args["model"], flat, args["input"], args["sigma"],
                                          args["model_options"])
-        evaluation.outputs = {i: outputs[2 * n:2 * n + 2]
-                              for n, i in enumerate(evaluation.indices)}
+        evaluation.outputs = {i: [outputs[p] for p in slots[i]] for i in evaluation.indices}
         evaluation.sigma = args["sigma"]
 
 
@@ -169,3 +182,25 @@ def _groups(models: Sequence[Any], members: Sequence[Member],
         else:
             groups.append([i])
     return [group for group in groups if len(group) > 1]
+
+
+def _cond_classes(groups: Sequence[Sequence[int]],
+                  sessions: Sequence[Any]) -> dict[int, tuple[int, int]]:
+    """For every grouped member, the class of its positive and of its negative cond list:
+    lists that are the same model input share a class. Compared once per run."""
+    representatives: list[list] = []
+    classes: dict[int, tuple[int, int]] = {}
+
+    def class_of(conds: Optional[list]) -> int:
+        for n, known in enumerate(representatives):
+            if compat.same_processed_conds(conds, known):
+                return n
+        representatives.append(conds)
+        return len(representatives) - 1
+
+    for group in groups:
+        representatives.clear()
+        for i in group:
+            positive, negative = compat.guider_conds(sessions[i].guider, False)
+            classes[i] = (class_of(positive), class_of(negative))
+    return classes

@@ -128,19 +128,26 @@ def _count_unet_calls(model):
 
 
 def test_members_with_one_checkpoint_and_one_latent_share_one_unet_call_per_step(
-        amdm, model_a, prompts):
-    """The same checkpoint with other prompts: inside the window both members' cond and
-    uncond go through one UNet call per step; the result is the sequential one's (members
-    whose options differ by an attention patch that changes nothing are not batched)."""
+        amdm, model_a, prompts, sd15, encode):
+    """The same checkpoint with other prompts: inside the window both members' conds go
+    through one UNet call per step, a negative prompt they share (here encoded twice from
+    the same text) evaluated once; the result is the sequential one's (members whose
+    options differ by an attention patch that changes nothing are not batched)."""
     Member, Schedule = amdm
     # Shared noise: the members step from one latent from the window's first step on.
     schedule = Schedule(end_percent=0.5, noise_mode="shared")
     counted, batches = _count_unet_calls(model_a)
+    empty_again = encode(sd15[1], "")
+    assert empty_again[0][0] is not prompts["empty"][0][0]
     batched = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
-                            Member(counted, prompts["blue"], prompts["empty"], 5.0)],
+                            Member(counted, prompts["blue"], empty_again, 5.0)],
                            schedule, "euler")
-    window = len(batches) - STEPS
-    assert window == 0 and batches.count(4) == 4, batches
+    # Every step one call: the 4 window steps on red, blue and one empty, the rest on 2.
+    assert len(batches) == STEPS and batches.count(3) == 4, batches
+    batches.clear()
+    amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
+                  Member(counted, prompts["blue"], prompts["cat"], 5.0)], schedule, "euler")
+    assert len(batches) == STEPS and batches.count(4) == 4, batches
     apart = counted.clone()
     apart.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k, v))
     batches.clear()
