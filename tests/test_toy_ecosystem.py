@@ -209,7 +209,8 @@ def window_length(model, steps: int, start_percent: float, end_percent: float) -
 
 def test_model_evaluations_are_counted_per_row(short_study) -> None:
     """The counting wrapper sees what the sampler really evaluates: 2 rows (cond, uncond)
-    per model per step; AMDM adds the other members' steps inside the window only."""
+    per model per step; AMDM adds the other members' steps inside the window only, at
+    its own step count."""
     from benchmarks.toy_ecosystem import rows
 
     ecosystems, _, outcome = short_study
@@ -221,11 +222,11 @@ def test_model_evaluations_are_counted_per_row(short_study) -> None:
     for summary in by_name.values():
         if summary.row.amdm is None:
             continue
-        window = window_length(ecosystems[0].members["shape"], rows.SETTINGS.steps, summary.row.amdm.start_percent,
-                               summary.row.amdm.end_percent)
-        assert 0 < window < rows.SETTINGS.steps, summary.row.name
+        amdm = summary.row.amdm
+        window = window_length(ecosystems[0].members["shape"], amdm.steps, amdm.start_percent, amdm.end_percent)
+        assert 0 < window < amdm.steps, summary.row.name
         others = len(summary.row.members) - 1
-        assert summary.evaluations_per_image == alone + 2 * others * window, summary.row.name
+        assert summary.evaluations_per_image == 2 * amdm.steps + 2 * others * window, summary.row.name
         for measurement in summary.measurements:
             assert torch.isfinite(measurement.latents).all(), summary.row.name
 
@@ -244,7 +245,8 @@ def test_counter_agrees_with_unet_forward_calls(short_study) -> None:
     try:
         models = [counter.counted(model) for model in members]
         batch = Batch(task.benchmark_requests(4), seed=7)
-        latents = sample_amdm(models, AMDMSettings(end_percent=0.5, target_member=3), batch, SamplingSettings(steps=6))
+        latents = sample_amdm(models, AMDMSettings(end_percent=0.5, target_member=3, steps=6), batch,
+                              SamplingSettings())
     finally:
         for hook in hooks:
             hook.remove()

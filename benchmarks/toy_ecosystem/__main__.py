@@ -31,9 +31,9 @@ def parse_args() -> argparse.Namespace:
                         help="ComfyUI seeds per request (default %(default)s; 48 requests each)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write every output into this directory (default: benchmarks/results/ and docs/images/)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a busy 2-core machine two threads "
-                             "measured many times slower than one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, one per core; the tables do not depend "
+                             "on it, but on a machine busy with other work fewer threads can be faster)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args()
     if args.ship_weights and not args.retrain:
@@ -53,7 +53,8 @@ def main() -> None:
 
     from . import REPORT_SEEDS, SEEDS_PER_REQUEST
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     # Importing these sets up ComfyUI (found as documented in benchmarks/comfy_setup.py) and the pack.
     from . import run, study
     import comfy.utils

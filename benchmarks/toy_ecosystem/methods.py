@@ -185,18 +185,21 @@ class ScoreSum:
 
 @dataclass(frozen=True)
 class AMDMSettings(Schedule):
-    """The AggregationSchedule node's inputs, plus how the members' CFG is set."""
+    """The AggregationSchedule node's inputs, plus how the members' CFG is set and the
+    AMDMSampler's steps."""
 
     # CFG of the non-target members as a multiple of the sampling CFG. Linear aggregation
     # of N members averages their guided predictions, so each member's guidance reaches
     # the merged latent divided by N; a factor of N gives each its full weight back.
     others_cfg_factor: float = 1.0
+    # Fewer steps with a longer window spend a budget of evaluations differently.
+    steps: int = SamplingSettings.steps
 
 
 def sample_amdm(models: list[comfy.model_patcher.ModelPatcher], amdm: AMDMSettings, batch: Batch,
                 settings: SamplingSettings) -> Latent:
     """The pack's nodes, chained as in a workflow: ModelStack per member (member 1 first,
-    every weight 1), AggregationSchedule, AMDMSampler."""
+    every weight 1), AggregationSchedule, AMDMSampler at ``amdm.steps`` steps."""
     stack: tuple = ()
     for number, model in enumerate(models, start=1):
         cfg = settings.cfg * (1.0 if number == amdm.target_member else amdm.others_cfg_factor)
@@ -205,7 +208,7 @@ def sample_amdm(models: list[comfy.model_patcher.ModelPatcher], amdm: AMDMSettin
                             stack=stack, name="")
     (schedule,) = run_node("AggregationSchedule",
                            **{f.name: getattr(amdm, f.name) for f in fields(Schedule)})
-    (latent,) = run_node("AMDMSampler", stack=stack, seed=batch.seed, steps=settings.steps,
+    (latent,) = run_node("AMDMSampler", stack=stack, seed=batch.seed, steps=amdm.steps,
                          sampler_name=settings.sampler_name, scheduler=settings.scheduler,
                          latent_image=batch.empty_latent(), denoise=1.0, schedule=schedule)
     return latent["samples"]

@@ -120,6 +120,8 @@ def describe_amdm(amdm: AMDMSettings, members: tuple[str, ...]) -> str:
     if amdm.weight_curve != "constant":
         parts.append(amdm.weight_curve)
     parts.append(f"target {members[amdm.target_member - 1]}")
+    if amdm.steps != SETTINGS.steps:
+        parts.append(f"{amdm.steps} steps")
     return ", ".join(parts)
 
 
@@ -137,19 +139,19 @@ def default_amdm(members: tuple[str, ...] = MEMBERS, target: str = TARGET) -> AM
 
 
 def explicit(aggregation: str, noise_mode: str, guidance: str, others_cfg_factor: float, end_percent: float,
-             members: tuple[str, ...] = MEMBERS, target: str = TARGET) -> AMDMSettings:
+             steps: int = SETTINGS.steps, members: tuple[str, ...] = MEMBERS, target: str = TARGET) -> AMDMSettings:
     """AMDM settings that name every choice the study varies (a window from step 0, no
     deviation, constant weights), so that they mean the same whatever the defaults."""
     return replace(default_amdm(members, target), aggregation=aggregation, noise_mode=noise_mode, guidance=guidance,
                    others_cfg_factor=others_cfg_factor, start_percent=0.0, end_percent=end_percent,
-                   deviation_mode="none", deviation_strength=0.0, weight_curve="constant")
+                   deviation_mode="none", deviation_strength=0.0, weight_curve="constant", steps=steps)
 
 
 # The chosen settings: what `--full` selects on the development ecosystems by
 # study.choose_presets, recorded here so that the main job reports them without the
 # selection sweep. `--full` checks that its choice still equals them.
-BUDGET_PRESET = explicit("slerp", "independent", "full", 3.0, 0.4)
-MATCH_PRESET: AMDMSettings | None = explicit("slerp", "independent", "full", 3.0, 0.4)
+BUDGET_PRESET = explicit("slerp", "independent", "full", 2.0, 0.8, steps=12)
+MATCH_PRESET: AMDMSettings | None = explicit("slerp", "independent", "full", 3.0, 0.4, steps=12)
 
 # Aggregations that keep the merged latent at the scale its noise level expects: linear
 # only with shared noise (averaging N independent noises shrinks them by 1/sqrt(N)),
@@ -160,13 +162,16 @@ NORM_SAFE = (("linear", "shared"), ("slerp", "shared"), ("slerp", "independent")
 GUIDANCE_CHOICES = (("averaged", 1.0), ("averaged", float(len(MEMBERS))), ("full", 1.0), ("full", 2.0),
                     ("full", float(len(MEMBERS))))
 WINDOW_ENDS = (0.2, 0.4, 0.6, 0.8)
+# The sampler's steps: a budget of evaluations buys a longer window at fewer steps.
+STEP_COUNTS = (12, 16, SETTINGS.steps)
 
 
 def candidate_settings() -> list[AMDMSettings]:
-    """The grid the presets are chosen from: every norm-safe aggregation, guidance choice
-    and window length."""
-    return [explicit(aggregation, noise, guidance, factor, end)
-            for aggregation, noise in NORM_SAFE for guidance, factor in GUIDANCE_CHOICES for end in WINDOW_ENDS]
+    """The grid the presets are chosen from: every norm-safe aggregation, guidance choice,
+    window length and step count."""
+    return [explicit(aggregation, noise, guidance, factor, end, steps)
+            for aggregation, noise in NORM_SAFE for guidance, factor in GUIDANCE_CHOICES for end in WINDOW_ENDS
+            for steps in STEP_COUNTS]
 
 
 def _unique(rows: list[Row]) -> list[Row]:
@@ -181,7 +186,8 @@ def three_member_rows(budget: AMDMSettings, match: AMDMSettings | None) -> list[
     the presets; the window sweep and the other options around the budget preset."""
     rows = [alone_row("base"), *(alone_row(name) for name in MEMBERS),
             handoff_row(MEMBERS, TARGET, 2), handoff_row(MEMBERS, TARGET, 4), merge_row(),
-            score_sum_row(MEMBERS, TARGET), score_sum_row(MEMBERS, TARGET, replace(SETTINGS, steps=SHORT_STEPS))]
+            score_sum_row(MEMBERS, TARGET), score_sum_row(MEMBERS, TARGET, replace(SETTINGS, steps=SHORT_STEPS)),
+            score_sum_row(MEMBERS, TARGET, replace(SETTINGS, steps=budget.steps))]
     rows.append(amdm_row("AMDM defaults", default_amdm()))
     rows += [amdm_row("AMDM modes", replace(budget, aggregation=aggregation, noise_mode=noise, guidance=guidance,
                                             others_cfg_factor=1.0))

@@ -128,9 +128,9 @@ def setup_text(config: study.StudyConfig, outcome: Outcome) -> str:
             f"{task.CHANNELS}x{task.GRID}x{task.GRID} latents holding one object ({labels}); members "
             f"{', '.join(rows.MEMBERS)} fine-tuned from one base. Per ecosystem and row: {config.requests} "
             f"requests x {config.seeds} seeds = {config.images} images; {settings.sampler_name}/{settings.scheduler}, "
-            f"{settings.steps} steps, cfg {settings.cfg:g}. Means over the ecosystems ± one standard error "
-            f"(standard deviation over the ecosystems / sqrt({len(outcome.report_seeds)}): training and sampling "
-            f"variation both count). Chance: position 0.25, colour 0.25, shape 0.33, joint 0.02 (two aspects: "
+            f"{settings.steps} steps (rows that name a step count: that many), cfg {settings.cfg:g}. Means over "
+            f"the ecosystems ± one standard error (standard deviation over the ecosystems / "
+            f"sqrt({len(outcome.report_seeds)}): training and sampling variation both count). Chance: position 0.25, colour 0.25, shape 0.33, joint 0.02 (two aspects: "
             f"0.06). Realism: mean RMS distance to the nearest clean render (an empty latent scores 0.28). "
             f"Schedule defaults: " + ", ".join(f"{f.name} {getattr(Schedule(), f.name)}" for f in fields(Schedule))
             + ".")
@@ -179,8 +179,8 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
         "rows": report.rows_json(three, 1),
         "two_member_rows": report.rows_json(two, first_pair)})
     report.frontier_plot(three, paths["frontier"],
-                         f"Toy ecosystems {', '.join(map(str, outcome.report_seeds))}: three members, "
-                         f"{rows.SETTINGS.steps} steps",
+                         f"Toy ecosystems {', '.join(map(str, outcome.report_seeds))}: three members "
+                         f"({rows.SETTINGS.steps} steps unless the row names its own)",
                          sweep=[s for s in three if rows.sweep(outcome.presets.budget, s.row.amdm)])
     shown = {s.row.name for s in three}
     grid = [("requested (clean render)", task.render_all(task.benchmark_requests(GRID_COLUMNS)))]
