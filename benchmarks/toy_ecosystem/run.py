@@ -130,8 +130,9 @@ def setup_text(config: study.StudyConfig, outcome: Outcome) -> str:
             f"requests x {config.seeds} seeds = {config.images} images; {settings.sampler_name}/{settings.scheduler}, "
             f"{settings.steps} steps (rows that name a step count: that many), cfg {settings.cfg:g}. Means over "
             f"the ecosystems ± one standard error (standard deviation over the ecosystems / "
-            f"sqrt({len(outcome.report_seeds)}): training and sampling variation both count). Chance: position 0.25, colour 0.25, shape 0.33, joint 0.02 (two aspects: "
-            f"0.06). Realism: mean RMS distance to the nearest clean render (an empty latent scores 0.28). "
+            f"sqrt({len(outcome.report_seeds)}): training and sampling variation both count). Chance: position "
+            f"0.25, colour 0.25, shape 0.33, joint 0.02 (two aspects: 0.06). Realism: mean RMS distance to the "
+            f"nearest clean render (an empty latent scores 0.28). "
             f"Schedule defaults: " + ", ".join(f"{f.name} {getattr(Schedule(), f.name)}" for f in fields(Schedule))
             + ".")
 
