@@ -298,22 +298,10 @@ def same_weights(a: Any, b: Any) -> bool:
     return shares_weights_storage(a, b) and bool(a.clone_has_same_weights(b))
 
 
-def _same_options(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_options(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same_options(x, y) for x, y in zip(a, b))
-    return a is b or (isinstance(a, (str, int, float, bool)) and a == b)
-
-
-def same_model_options(a: Any, b: Any) -> bool:
-    """Whether two MODELs evaluate alike apart from weights: the same attention patches,
-    wrappers and options (compared by identity; copies of patch objects count as
-    different)."""
-    return _same_options(a.model_options, b.model_options)
-
-
-def _equal_conds(a: Any, b: Any) -> bool:
+def _same_inputs(a: Any, b: Any) -> bool:
+    """Structural equality of what a model is given: dicts, lists and tuples item by item,
+    tensors (and ComfyUI's cond wrappers) by value, plain values by ==, anything else (a
+    patch function, a ControlNet) by identity."""
     if a is b:
         return True
     if type(a) is not type(b):
@@ -322,21 +310,27 @@ def _equal_conds(a: Any, b: Any) -> bool:
         return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and \
             bool(torch.equal(a, b))
     if isinstance(a, comfy.conds.CONDRegular):
-        return _equal_conds(a.cond, b.cond)
+        return _same_inputs(a.cond, b.cond)
     if isinstance(a, dict):
         # Every processed cond gets a uuid of its own; it names the cond, it is not an input.
         keys = a.keys() - {"uuid"}
-        return keys == b.keys() - {"uuid"} and all(_equal_conds(a[k], b[k]) for k in keys)
+        return keys == b.keys() - {"uuid"} and all(_same_inputs(a[k], b[k]) for k in keys)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal_conds(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_inputs(x, y) for x, y in zip(a, b))
     return isinstance(a, (str, int, float, bool)) and a == b
+
+
+def same_model_options(a: Any, b: Any) -> bool:
+    """Whether two MODELs evaluate alike apart from weights: the same attention patches,
+    wrappers and options (patch objects compared by identity; copies count as different)."""
+    return _same_inputs(a.model_options, b.model_options)
 
 
 def same_processed_conds(a: Optional[list], b: Optional[list]) -> bool:
     """Whether two of the guiders' processed cond lists (as calc_cond_batch takes them)
     are the same input to the model: equal tensors and model conds, the same objects for
     anything else (a ControlNet, a GLIGEN model)."""
-    return a is not None and b is not None and _equal_conds(a, b)
+    return a is not None and b is not None and _same_inputs(a, b)
 
 
 def conds_have_hooks(guider: Any) -> bool:
