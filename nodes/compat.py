@@ -5,22 +5,34 @@ change in ComfyUI's internals is mended here, once. Differences between ComfyUI 
 are found by feature detection (signatures, attributes), never by version numbers.
 Tested against ComfyUI 0.3.64; the branches for newer ComfyUI follow its sources
 (multi-GPU clones and thread pool, deep clones, latents with spatial/temporal ratios).
+
+Official extension points are used where they give the same result: a CFGGuider subclass
+(the GUIDER API, as ComfyUI's own Guider_DualModel drives a second model) and its set_cfg,
+and the ``sampler_calc_cond_batch_function`` model option for batched members. ComfyUI's
+WrappersMP wrappers (OUTER_SAMPLE, SAMPLER_SAMPLE, PREDICT_NOISE) are not: each wraps the
+sampling of one ModelPatcher, while the window steps several members' samplers in turn,
+each inside its own CFGGuider.sample, from one loop; a member's wrappers and hooks still
+run, since its sampling is ComfyUI's own.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
+import os
 import re
 import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import psutil
+import safetensors
 import torch
 
 import comfy.conds
 import comfy.model_base
+import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
@@ -29,6 +41,7 @@ import comfy.sampler_helpers
 import comfy.samplers
 import comfy.supported_models
 import comfy.utils
+import folder_paths
 import latent_preview
 import nodes as comfy_nodes
 
@@ -82,6 +95,27 @@ def model_sampling(patcher: Any) -> Any:
 
 def latent_format(patcher: Any) -> Any:
     return patcher.get_model_object("latent_format")
+
+
+def latent_format_signature(patcher: Any) -> tuple:
+    """What makes two models' latents the same kind: the latent format's class, channels,
+    dimensions, scale and shift."""
+    latent = latent_format(patcher)
+    return (type(latent).__name__, latent.latent_channels, latent.latent_dimensions,
+            latent.scale_factor, getattr(latent, "shift_factor", None))
+
+
+def sigma_table(sampling: Any) -> torch.Tensor:
+    """A sigma-space model_sampling's noise levels: its discrete table, else its range."""
+    table = getattr(sampling, "sigmas", None)
+    if isinstance(table, torch.Tensor):
+        return table.detach().float().cpu()
+    return torch.tensor([float(sampling.sigma_min), float(sampling.sigma_max)])
+
+
+def guider_model(guider: Any) -> Any:
+    """The MODEL a GUIDER samples (its target's)."""
+    return guider.model_patcher
 
 
 def is_flow_matching(sampling: Any) -> bool:
@@ -222,10 +256,79 @@ def node_class(class_type: str) -> Optional[type]:
 class _SamplingOnly(torch.nn.Module):
     """A torch module with nothing but ``model_sampling`` and its model config."""
 
-    def __init__(self, model_config: Any, model_type: Any) -> None:
+    def __init__(self, model_config: Any, model_sampling: Any) -> None:
         super().__init__()
         self.model_config = model_config
-        self.model_sampling = comfy.model_base.model_sampling(model_config, model_type)
+        self.model_sampling = model_sampling
+
+
+def _sampling_model(model_config: Any, model_sampling: Any) -> Any:
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(_SamplingOnly(model_config, model_sampling),
+                                            load_device=device, offload_device=device)
+
+
+# Loader nodes whose model file the chart can read: node -> (file input, models folder).
+MODEL_FILE_LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+                      "UNETLoader": ("unet_name", "diffusion_models")}
+
+
+def loaded_model_file(class_type: str, inputs: dict) -> Optional[tuple[str, str]]:
+    """The path of the file a MODEL_FILE_LOADERS node loads and its models folder; None if
+    it is another node or the file does not exist."""
+    if class_type not in MODEL_FILE_LOADERS:
+        return None
+    name_input, folder = MODEL_FILE_LOADERS[class_type]
+    name = inputs.get(name_input)
+    path = folder_paths.get_full_path(folder, name) if isinstance(name, str) else None
+    return None if path is None else (path, folder)
+
+
+@functools.lru_cache(maxsize=16)
+def _detected_sampling(path: str, modified: float,
+                       diffusion_model_only: bool) -> Optional[tuple[Any, Any]]:
+    # Only the safetensors header is read: tensor names, shapes and dtypes are what
+    # ComfyUI's detection looks at, so meta tensors stand in for the weights, and the model
+    # is built on the meta device (its model_base class decides the prediction type).
+    with safetensors.safe_open(path, framework="pt", device="cpu") as file:
+        metadata = file.metadata()
+        state = {}
+        for key in file.keys():
+            piece = file.get_slice(key)
+            state[key] = torch.empty(piece.get_shape(), device="meta",
+                                     dtype=_SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32))
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(state)
+    if diffusion_model_only:  # as ComfyUI's diffusion-model loader reads a file
+        state = comfy.utils.state_dict_prefix_replace(state, {prefix: ""}, filter_keys=True) or state
+        prefix, metadata = "", None
+    config = comfy.model_detection.model_config_from_unet(state, prefix, metadata=metadata)
+    if config is None:
+        return None
+    return config, config.get_model(state, prefix, device=torch.device("meta")).model_sampling
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
+                       "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def sampling_model_of_file(path: str, folder: str) -> Optional[tuple[Any, str]]:
+    """A MODEL carrying only the model_sampling that ComfyUI's detection gives the
+    checkpoint or diffusion model at ``path`` (loaded from models ``folder``; no weights are
+    read), and the name of its model config; None when the file is not safetensors or
+    ComfyUI does not recognise it."""
+    if not path.endswith((".safetensors", ".sft")):
+        return None
+    try:
+        detected = _detected_sampling(path, os.path.getmtime(path), folder == "diffusion_models")
+    except Exception as error:  # a file ComfyUI's detection cannot read: the chart assumes
+        logger.debug("no model family detected for %s: %s", path, error)
+        return None
+    if detected is None:
+        return None
+    config, sampling = detected
+    return _sampling_model(config, sampling), type(config).__name__
 
 
 def discrete_sampling_model() -> Any:
@@ -233,9 +336,7 @@ def discrete_sampling_model() -> Any:
     (one sigma table): all that schedulers, SIGMAS nodes and ModelSampling nodes read from a
     MODEL, with no weights."""
     config = comfy.supported_models.SD15(comfy.supported_models.SD15.unet_config)
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(_SamplingOnly(config, comfy.model_base.ModelType.EPS),
-                                            load_device=device, offload_device=device)
+    return _sampling_model(config, comfy.model_base.model_sampling(config, comfy.model_base.ModelType.EPS))
 
 
 # --- declared support -----------------------------------------------------------------------
@@ -284,12 +385,29 @@ def warn_if_unsupported(version: Optional[str]) -> bool:
 # sampling_function (each member's CFG path stays ComfyUI's own).
 CALC_COND_BATCH_HOOK = "sampler_calc_cond_batch_function"
 
+# evaluate(model, conds, x, sigma, model_options) -> one prediction per cond list.
+CondBatchFn = Callable[[Any, list, torch.Tensor, torch.Tensor, dict], list]
+
 
 def calc_cond_batch(model: Any, conds: list, x: torch.Tensor, timestep: torch.Tensor,
                     model_options: dict) -> list[torch.Tensor]:
     """ComfyUI's batched evaluation of several cond lists at one latent; it splits the
     batch by its own free-memory estimate."""
     return comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+
+
+def has_calc_cond_batch_hook(extra_args: dict) -> bool:
+    """Whether a sampler's extra_args already carry a calc_cond_batch hook (another pack's)."""
+    return CALC_COND_BATCH_HOOK in extra_args["model_options"]
+
+
+def with_calc_cond_batch_hook(extra_args: dict, evaluate: CondBatchFn) -> dict:
+    """A copy of a sampler's extra_args whose sampling_function evaluates its cond lists
+    through ``evaluate`` instead of calc_cond_batch."""
+    def hook(args: dict) -> list:
+        return evaluate(args["model"], args["conds"], args["input"], args["sigma"],
+                        args["model_options"])
+    return {**extra_args, "model_options": {**extra_args["model_options"], CALC_COND_BATCH_HOOK: hook}}
 
 
 def same_weights(a: Any, b: Any) -> bool:
@@ -380,6 +498,15 @@ def independent_copy(patcher: Any) -> Any:
     Newer ComfyUI builds it from the checkpoint's loader (clone(force_deepcopy=True));
     older ones get a deep copy of the module taken while it is unpatched (ComfyUI
     restores a module's original weights when it unloads it, as it does for clones)."""
+    own = _copy_of_module(patcher)
+    # clone() names the original as the copy's parent; the copy owns its module, so it is
+    # no clone of the original for model management, and the link would keep the original
+    # (the key the copy is cached under, weakly) alive for as long as the copy.
+    own.parent = None
+    return own
+
+
+def _copy_of_module(patcher: Any) -> Any:
     if _accepts(patcher.clone, "force_deepcopy") and \
             getattr(patcher, "cached_patcher_init", None) is not None:
         return patcher.clone(force_deepcopy=True)

@@ -137,8 +137,9 @@ class AggregationSchedule:
                 "noise_mode": (NOISE_MODES, {"default": d.noise_mode,
                                              "tooltip": "independent (default): each member "
                                                         "its own noise derived from the seed "
-                                                        "(slerp and paper keep the noise level; "
-                                                        "linear shrinks it by about 1/sqrt(N)); "
+                                                        "(slerp keeps the noise level, linear "
+                                                        "shrinks it by about 1/sqrt(N), paper "
+                                                        "inflates the latent); "
                                                         "shared: all members start from the "
                                                         "target's noise and draw the same "
                                                         "stochastic noise at each window step, "
@@ -232,7 +233,7 @@ class AMDMSamplerNode:
     def sample(self, stack: tuple, seed: int, steps: int, sampler_name: str, scheduler: str,
                latent_image: dict, denoise: float, schedule: Optional[Schedule] = None) -> tuple:
         guider = _guider("AMDMSampler", stack, schedule)
-        model = guider.model_patcher
+        model = compat.guider_model(guider)
         latent = compat.fix_empty_latent_channels(model, latent_image)
         noise = compat.prepare_noise(latent, seed, latent_image.get("batch_index"))
         sigmas = compat.scheduler_sigmas(model, steps, sampler_name, scheduler, denoise)

@@ -15,6 +15,7 @@ a MemberSession.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -26,7 +27,7 @@ from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, compensated_cfg,
                          step_weights, window_for)
 from . import compat, samplers
 from .members import Member, check_members, member_label
-from .sharing import SharedEvaluation, resident_models
+from .sharing import SharedEvaluation, resident_models, switch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -266,8 +267,12 @@ class _Run:
         groups: dict[torch.device, list[int]] = {}
         for i, session in enumerate(sessions):
             groups.setdefault(session.device, []).append(i)
-        pool = (compat.device_pool(groups)
-                if len(groups) > 1 and all(d.type == "cuda" for d in groups) else None)
+        # A worker steps its device's members back to back, with no switch between them:
+        # members that re-patch one module take turns on this thread instead.
+        parallel = len(groups) > 1 and all(d.type == "cuda" for d in groups) and not any(
+            switch_weights(self.models, self.guider.members, a, b)
+            for indices in groups.values() for a, b in itertools.combinations(indices, 2))
+        pool = compat.device_pool(groups) if parallel else None
 
         def one_by_one(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
                        k: int) -> list[torch.Tensor]:
@@ -326,14 +331,14 @@ class _Run:
             """Every member's CFG scale for window step k, set before any member steps
             (a batched evaluation reads the scales of all the members it serves)."""
             for session, cfg in zip(sessions, cfgs[k - window.start]):
-                session.guider.cfg = cfg
+                session.guider.set_cfg(cfg)
 
         step_fns = [self.step_function(i, shared, callback, set_cfgs) for i in range(len(members))]
         try:
             with self.stepping(shared) as map_steps:
                 return run_window(states, step_fns, plan.to(x_target.device), map_steps)[target]
         finally:
-            self.guider.cfg = members[target].cfg  # the target finishes at its own scale
+            self.guider.set_cfg(members[target].cfg)  # the target finishes at its own scale
 
 
 class AMDMGuider(compat.CFGGuider):
@@ -358,7 +363,7 @@ class AMDMGuider(compat.CFGGuider):
         n_steps = max(len(sigmas) - 1, 0)
         if len(self.members) < 2:
             return range(n_steps, n_steps)
-        model_sampling = compat.model_sampling(self.model_patcher)
+        model_sampling = compat.model_sampling(compat.guider_model(self))
         sigma_list = sigmas.tolist()
         window = window_for(sigma_list, model_sampling.percent_to_sigma, self.schedule)
         if not window and n_steps > 0:

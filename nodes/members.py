@@ -51,10 +51,7 @@ def _noise_schedule(model_sampling: Any) -> Optional[torch.Tensor]:
     their sigma range."""
     if compat.is_flow_matching(model_sampling):
         return None
-    table = getattr(model_sampling, "sigmas", None)
-    if isinstance(table, torch.Tensor):
-        return table.detach().float().cpu()
-    return torch.tensor([float(model_sampling.sigma_min), float(model_sampling.sigma_max)])
+    return compat.sigma_table(model_sampling)
 
 
 # What each ecosystem property is, and what to change when members differ in it.
@@ -72,12 +69,9 @@ _ECOSYSTEM_FIXES = {
 
 
 def _ecosystem(model: Any) -> dict[str, Any]:
-    latent_format = compat.latent_format(model)
     model_sampling = compat.model_sampling(model)
     return {
-        "latent format": (type(latent_format).__name__, latent_format.latent_channels,
-                          latent_format.latent_dimensions, latent_format.scale_factor,
-                          getattr(latent_format, "shift_factor", None)),
+        "latent format": compat.latent_format_signature(model),
         "model_sampling family": _sampling_family(model_sampling),
         "noise schedule": _noise_schedule(model_sampling),
     }

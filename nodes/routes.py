@@ -11,14 +11,18 @@ disagree, and no sigma arithmetic is mirrored in JavaScript.
 
     {"schedule": {widget: value, ...},                  # AggregationSchedule's widgets
      "members": [{"weight": 1.0}, ...],                  # the stack, first member first; [] if none
+     "loader": {"class_type": "UNETLoader", "inputs": {"unet_name": ...}} or null,
      "model_sampling": [{"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}}, ...],
      "sigmas": {"sampler": {"steps": 25, "scheduler": "normal", "sampler_name": "euler",
                             "denoise": 1.0}}
             or {"nodes": {id: {"class_type": ..., "inputs": {...}}}, "output": [id, slot]}
             or null}
 
-``model_sampling`` lists the nodes between the target's loader and the stack, loader side
-first; without them the model is taken to be a discrete SD1.x / SDXL one. ``nodes`` is the
+``loader`` is the node at the start of the target's model path: for CheckpointLoaderSimple and
+UNETLoader the route reads the file's tensor names and shapes (not its weights) and takes
+the model family ComfyUI's detection gives it; for other loaders, or a file it does not
+recognise, the model is taken to be a discrete SD1.x / SDXL one. ``model_sampling`` lists
+the ModelSampling nodes between the loader and the stack, loader side first. ``nodes`` is the
 API-format graph of SIGMAS nodes feeding SamplerCustomAdvanced (links as ``[id, slot]``); their
 MODEL inputs get the target's model. The answer::
 
@@ -83,9 +87,21 @@ async def _call_node(node_class: type, inputs: dict[str, Any]) -> tuple:
     return tuple(result)
 
 
-async def apply_model_sampling(model: Any, chain: list[dict]) -> tuple[Any, str]:
-    """The model after the ModelSampling nodes of ``chain``, and a short name of its family."""
-    family = "SD1/SDXL sigmas"
+def loaded_sampling_model(loader: Optional[dict]) -> tuple[Any, str]:
+    """The model_sampling of the file the target's loader node loads, as ComfyUI detects it,
+    and a short name of its family; SD1.x / SDXL sigmas when the loader is another node or
+    its file is not recognised."""
+    if isinstance(loader, dict):
+        found = compat.loaded_model_file(str(loader.get("class_type", "")), loader.get("inputs") or {})
+        detected = None if found is None else compat.sampling_model_of_file(*found)
+        if detected is not None:
+            return detected
+    return compat.discrete_sampling_model(), "SD1/SDXL sigmas (assumed)"
+
+
+async def apply_model_sampling(model: Any, chain: list[dict], family: str) -> tuple[Any, str]:
+    """The model after the ModelSampling nodes of ``chain``, and a short name of its family
+    (``family`` when the chain is empty)."""
     for spec in chain:
         class_type = str(spec.get("class_type", ""))
         node_class = _node_class(class_type)
@@ -173,8 +189,8 @@ def _problem(schedule: Schedule, weights: list[float]) -> Optional[str]:
 
 async def chart(request: dict) -> dict:
     """The chart's data for one schedule node (see the module docstring)."""
-    model, family = await apply_model_sampling(compat.discrete_sampling_model(),
-                                               list(request.get("model_sampling") or []))
+    model, family = loaded_sampling_model(request.get("loader"))
+    model, family = await apply_model_sampling(model, list(request.get("model_sampling") or []), family)
     source = request.get("sigmas") or {}
     sigmas, note = None, None
     if "nodes" in source:

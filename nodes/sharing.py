@@ -42,6 +42,15 @@ def _same_weights(a: Member, b: Member) -> bool:
     return not _has_hooks(a) and not _has_hooks(b) and compat.same_weights(a.model, b.model)
 
 
+def switch_weights(models: Sequence[Any], members: Sequence[Member], a: int, b: int) -> bool:
+    """Whether members ``a`` and ``b`` run on one torch module with different weights (no
+    room for a copy, or a hook LoRA), so that the module is re-patched between them."""
+    if not compat.shares_weights_storage(models[a], models[b]):
+        return False
+    hooked = _has_hooks(members[a]) or _has_hooks(members[b])
+    return hooked or not compat.same_weights(models[a], models[b])
+
+
 def resident_models(members: Sequence[Member], target: int) -> list[Any]:
     """The MODEL each member runs on: its own, or a resident copy of its checkpoint when it
     shares the checkpoint with an earlier member (the target first) but not its weights."""
@@ -89,7 +98,7 @@ class _Evaluation:
 
     indices: list[int]
     x: torch.Tensor
-    conds: dict[int, list] = field(default_factory=dict)
+    cond_lists: dict[int, list] = field(default_factory=dict)
     outputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     sigma: Optional[torch.Tensor] = None
 
@@ -109,9 +118,8 @@ class SharedEvaluation:
         its model_options if it belongs to a group."""
         if not any(index in group for group in self.groups):
             return extra_args
-        options = {**extra_args["model_options"],
-                   compat.CALC_COND_BATCH_HOOK: lambda args: self.evaluate(index, args)}
-        return {**extra_args, "model_options": options}
+        return compat.with_calc_cond_batch_hook(
+            extra_args, lambda *inputs: self.evaluate(index, *inputs))
 
     def begin_step(self, states: Sequence[torch.Tensor]) -> None:
         """Before the members' steps: group members that continue from one tensor."""
@@ -125,42 +133,41 @@ class SharedEvaluation:
                     evaluation = _Evaluation(indices, states[indices[0]])
                     self.pending.update((i, evaluation) for i in indices)
 
-    def evaluate(self, index: int, args: dict) -> list[torch.Tensor]:
+    def evaluate(self, index: int, model: Any, conds: list, x: torch.Tensor,
+                 sigma: torch.Tensor, model_options: dict) -> list[torch.Tensor]:
         """The hook in member ``index``'s sampling_function: its share of the batched
         evaluation when this call is the one it was made for, else its own."""
         evaluation = self.pending.pop(index, None)
-        if evaluation is not None and args["input"] is not evaluation.x:
+        if evaluation is not None and x is not evaluation.x:
             evaluation.indices.remove(index)  # this step does not start at the shared latent
         elif evaluation is not None:
             if evaluation.sigma is None:
-                self._run(evaluation, args)
-            conds = evaluation.conds[index]
-            if torch.equal(args["sigma"], evaluation.sigma) and \
-                    all(a is b for a, b in zip(args["conds"], conds)):
+                self._run(evaluation, model, x, sigma, model_options)
+            if torch.equal(sigma, evaluation.sigma) and \
+                    all(a is b for a, b in zip(conds, evaluation.cond_lists[index])):
                 return evaluation.outputs[index]
-        return compat.calc_cond_batch(args["model"], args["conds"], args["input"],
-                                      args["sigma"], args["model_options"])
+        return compat.calc_cond_batch(model, conds, x, sigma, model_options)
 
-    def _run(self, evaluation: _Evaluation, args: dict) -> None:
-        cfg1 = compat.cfg1_optimised(args["model_options"])
-        evaluation.conds = {i: compat.guider_conds(self.sessions[i].guider, cfg1)
-                            for i in evaluation.indices}
+    def _run(self, evaluation: _Evaluation, model: Any, x: torch.Tensor, sigma: torch.Tensor,
+             model_options: dict) -> None:
+        cfg1 = compat.cfg1_optimised(model_options)
+        evaluation.cond_lists = {i: compat.guider_conds(self.sessions[i].guider, cfg1)
+                                 for i in evaluation.indices}
         # Each distinct cond list once; a skipped uncond (None, cfg 1) gives zeros.
         flat: list[Optional[list]] = []
         position: dict[Optional[int], int] = {}
         slots: dict[int, list[int]] = {}
         for i in evaluation.indices:
             slots[i] = []
-            for cond_class, conds in zip(self.cond_classes[i], evaluation.conds[i]):
+            for cond_class, conds in zip(self.cond_classes[i], evaluation.cond_lists[i]):
                 key = None if conds is None else cond_class
                 if key not in position:
                     position[key] = len(flat)
                     flat.append(conds)
                 slots[i].append(position[key])
-        outputs = compat.calc_cond_batch(args["model"], flat, args["input"], args["sigma"],
-                                         args["model_options"])
+        outputs = compat.calc_cond_batch(model, flat, x, sigma, model_options)
         evaluation.outputs = {i: [outputs[p] for p in slots[i]] for i in evaluation.indices}
-        evaluation.sigma = args["sigma"]
+        evaluation.sigma = sigma
 
 
 def _groups(models: Sequence[Any], members: Sequence[Member],
@@ -169,8 +176,7 @@ def _groups(models: Sequence[Any], members: Sequence[Member],
     no hooks, no calc_cond_batch hook of their own."""
     groups: list[list[int]] = []
     for i, member in enumerate(members):
-        options = sessions[i].extra_args["model_options"]
-        if _has_hooks(member) or compat.CALC_COND_BATCH_HOOK in options:
+        if _has_hooks(member) or compat.has_calc_cond_batch_hook(sessions[i].extra_args):
             continue
         for group in groups:
             j = group[0]

@@ -615,6 +615,33 @@ def test_chart_route_window_is_the_samplers_window(comfy_server, comfy, pack, sd
     assert mismatches == []
 
 
+@pytest.mark.parametrize("file_name, family", [("sd3.5_large.safetensors", "SD3"),
+                                               ("wan2.1_t2v_1.3B_fp16.safetensors", "WAN21_T2V")])
+def test_chart_route_reads_the_family_from_the_loaders_file(family_server, pack, load_family_model,
+                                                            file_name, family) -> None:
+    """A flow model loaded by UNETLoader with no ModelSampling node after it: the route
+    detects the family from the file (tensor names and shapes) and charts the window the
+    sampler takes on that model's own sigmas, not SD1.x's."""
+    from comfy.samplers import KSampler
+    from comfyui_amdm.amdm_core import Schedule
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    model = load_family_model(file_name)
+    settings = {"steps": 20, "scheduler": "karras", "sampler_name": "euler", "denoise": 1.0}
+    sigmas = KSampler(model, steps=20, device="cpu", sampler="euler", scheduler="karras",
+                      model_options=model.model_options).sigmas
+    expected = AMDMGuider([Member(model, [], [], 1.0)] * 2, Schedule()).window(sigmas)
+    request = {"schedule": {}, "members": [{"weight": 1}] * 2, "sigmas": {"sampler": settings}}
+    loader = {"class_type": "UNETLoader", "inputs": {"unet_name": file_name, "weight_dtype": "default"}}
+    answer = post_chart(family_server.url, {**request, "loader": loader})
+    assert answer["family"] == family
+    np.testing.assert_allclose(answer["sigmas"], sigmas.tolist(), rtol=1e-5, atol=1e-6)
+    assert answer["window"] == [expected.start, expected.stop]
+    assumed = post_chart(family_server.url, {**request, "loader": {**loader, "class_type": "SomeLoader"}})
+    assert assumed["family"] == "SD1/SDXL sigmas (assumed)"
+    assert assumed["window"] != answer["window"]
+
+
 def test_chart_route_runs_the_sigmas_nodes(comfy_server, comfy, sd15) -> None:
     """SIGMAS nodes behind AMDMGuider: the route runs ComfyUI's own nodes on the model family."""
     basic = comfy.run("BasicScheduler", model=sd15.model, scheduler="karras", steps=12, denoise=0.7)[0]

@@ -23,7 +23,14 @@ INTERNAL_ATTRIBUTES = {"current_patcher", "pre_run", "loaded_models", "original_
                        "inner_model", "sampler_function", "extra_options", "inpaint_options",
                        "load_models_gpu", "pre_run_control", "estimate_memory",
                        "fix_empty_latent_channels", "prepare_noise", "model_options",
-                       "get_model_object", "load_device"}
+                       "get_model_object", "load_device", "model_patcher", "sigma_min",
+                       "sigma_max", "latent_channels", "latent_dimensions", "scale_factor",
+                       "shift_factor", "clone_has_same_weights", "patches", "model_size"}
+# Guider state the pack may read but only set through the guider's methods (set_cfg).
+WRITE_ONLY_THROUGH_METHODS = {"cfg", "conds", "model_patcher", "model_options"}
+# Keys of ComfyUI's dicts handed to model_options hooks and samplers (extra_args).
+INTERNAL_KEYS = {"model_options", "conds", "input", "sigma", "model",
+                 "sampler_calc_cond_batch_function"}
 COMPAT = REPO_ROOT / "nodes" / "compat.py"
 
 
@@ -44,6 +51,12 @@ def _comfy_uses(path: Path) -> list[str]:
         elif isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES and not (
                 isinstance(node.value, ast.Name) and node.value.id == "compat"):
             uses.append(f".{node.attr} (line {node.lineno})")
+        elif isinstance(node, ast.Attribute) and node.attr in WRITE_ONLY_THROUGH_METHODS and \
+                isinstance(node.ctx, ast.Store):
+            uses.append(f".{node.attr} = (line {node.lineno})")
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
+                node.slice.value in INTERNAL_KEYS:
+            uses.append(f"[{node.slice.value!r}] (line {node.lineno})")
     return uses
 
 
@@ -90,10 +103,12 @@ def test_an_unsupported_comfyui_gets_one_warning_at_import(pack):
     assert warned.count("comfyui-amdm declares ComfyUI >=0.3.64,<0.39 and found 0.40.2") == 1
 
 
-def test_a_member_loading_on_another_device_object_runs(amdm, model_a, model_b, prompts):
-    """A member whose MODEL loads on another device object steps there and hands its
-    proposal back to the target's device (on this CPU-only machine: cpu:0 beside cpu,
-    the same memory, so the result must be the same)."""
+def test_a_member_naming_the_cpu_by_index_is_on_the_targets_device(amdm, model_a, model_b,
+                                                                     prompts, fixture_files):
+    """cpu:0 and cpu name one device: a member loading on cpu:0 beside a target on cpu is
+    neither refused as a clone on another device nor stepped as a device of its own, and
+    the result is the same. (Moving latents to a GPU member and gathering its proposal
+    cannot be observed on a CPU: tensors on cpu:0 report cpu.)"""
     Member, Schedule = amdm
     elsewhere = model_b.clone()
     elsewhere.load_device = torch.device("cpu", 0)
@@ -104,6 +119,11 @@ def test_a_member_loading_on_another_device_object_runs(amdm, model_a, model_b, 
     there = amdm_sampler([target, Member(elsewhere, prompts["blue"], prompts["empty"], 5.0)],
                          schedule, "euler")
     torch.testing.assert_close(there, here, rtol=1e-5, atol=1e-5)
+    lora_clone = run_node("LoraLoaderModelOnly", model=model_b,
+                          lora_name=fixture_files["lora"].name, strength_model=1.0)[0]
+    lora_clone.load_device = torch.device("cpu", 0)
+    amdm_sampler([Member(model_b, prompts["red"], prompts["empty"], 7.0),
+                  Member(lora_clone, prompts["blue"], prompts["empty"], 5.0)], schedule, "euler")
 
 
 def test_clones_of_one_checkpoint_on_two_devices_are_refused(amdm, model_a, prompts,

@@ -7,6 +7,8 @@ one latent share a batched call), what model management loads and reserves.
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 
 import comfy.model_management
 import comfy.model_patcher
@@ -85,6 +87,21 @@ def test_without_room_for_a_copy_the_member_is_re_patched_and_says_why(amdm, mod
     assert "runs on a resident copy" in caplog.text
 
 
+def test_a_resident_copy_is_freed_with_its_member_model(amdm, model_a, prompts, fixture_files):
+    """The copy is kept from run to run only while the member's MODEL lives: a LoRA clone
+    that the graph no longer holds (another strength, another LoRA) takes its copy along."""
+    from comfyui_amdm.nodes import sharing
+    Member, Schedule = amdm
+    lora = lora_clone(model_a, fixture_files, 0.7)
+    amdm_sampler([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                  Member(lora, prompts["blue"], prompts["empty"], 5.0)],
+                 Schedule(end_percent=0.5), "euler")
+    copy = weakref.ref(sharing._RESIDENT_COPIES[lora])
+    del lora
+    gc.collect()
+    assert copy() is None
+
+
 @pytest.mark.parametrize("resident", [True, False], ids=["resident copy", "re-patched"])
 def test_no_patched_weights_leak_after_complete_or_interrupted_runs(amdm, model_a, prompts,
                                                                     fixture_files, resident):
@@ -113,6 +130,24 @@ def test_no_patched_weights_leak_after_complete_or_interrupted_runs(amdm, model_
             comfy.model_management.interrupt_current_processing(False)
     after = references()
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_only_members_that_need_no_switch_may_step_in_parallel(amdm, model_a, model_b, prompts,
+                                                                fixture_files):
+    """On several GPUs a worker steps its device's members back to back, with no weight
+    switch between them: members that would re-patch one module (no room for a copy)
+    must take turns on the main thread. The rule, on real patchers."""
+    from comfyui_amdm.nodes import sharing
+    Member, _ = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(lora_clone(model_a, fixture_files), prompts["blue"], prompts["empty"], 5.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0),
+               Member(model_a.clone(), prompts["blue"], prompts["cat"], 5.0)]
+    own = [member.model for member in members]
+    assert sharing.switch_weights(own, members, 0, 1)
+    assert not sharing.switch_weights(own, members, 0, 2)
+    assert not sharing.switch_weights(own, members, 0, 3)
+    assert not sharing.switch_weights(sharing.resident_models(members, 0), members, 0, 1)
 
 
 def _count_unet_calls(model):

@@ -133,10 +133,14 @@ export function memberInfo(stackNode) {
   return { index, total, isTarget: index === targetMember - 1 };
 }
 
-/** ModelSampling* nodes between a member's loader and its ModelStack, loader side first. */
-function modelSamplingChain(stackNode) {
+/**
+ * A member's model path: the node at its start (the loader) and the ModelSampling* nodes
+ * between it and the ModelStack, loader side first.
+ */
+function modelPath(stackNode) {
   const chain = [];
   const seen = new Set();
+  let loader = null;
   let source = inputSource(stackNode, "model");
   while (source && !seen.has(source.node.id)) {
     const node = source.node;
@@ -144,8 +148,9 @@ function modelSamplingChain(stackNode) {
     if (node.type?.startsWith("ModelSampling")) chain.unshift({ class_type: node.type, inputs: widgetValues(node) });
     const modelInput = node.inputs?.find((input) => input.type === "MODEL");
     source = modelInput ? inputSource(node, modelInput.name) : null;
+    if (!modelInput) loader = { class_type: node.type, inputs: widgetValues(node) };
   }
-  return chain;
+  return { loader, chain };
 }
 
 /** The SIGMAS nodes feeding `source`, as an API-format graph with links as [id, slot]. */
@@ -192,10 +197,12 @@ export function chartRequest(scheduleNode) {
   const stack = consumer ? stackNodesFeeding(consumer) : [];
   const schedule = widgetValues(scheduleNode);
   const target = stack[Number(schedule.target_member ?? 1) - 1] ?? stack[0];
+  const path = target ? modelPath(target) : { loader: null, chain: [] };
   const body = {
     schedule,
     members: stack.map((node) => ({ weight: readMember(node).weight })),
-    model_sampling: target ? modelSamplingChain(target) : [],
+    loader: path.loader,
+    model_sampling: path.chain,
     sigmas: sigmasSource(consumer),
   };
   return { body, legend: stack.map(readMember) };
