@@ -36,9 +36,10 @@ def comfy_env() -> types.ModuleType:
     return module
 
 
-def setup_comfy() -> types.ModuleType:
-    """Put ComfyUI on sys.path (on the CPU), import the pack and return it. Idempotent;
-    raises RuntimeError naming the places searched when ComfyUI is not found."""
+def setup_comfy(device: str = "cpu") -> types.ModuleType:
+    """Put ComfyUI on sys.path (on the CPU, or with "gpu" on the GPU ComfyUI chooses),
+    import the pack and return it. Idempotent; raises RuntimeError naming the places
+    searched when ComfyUI is not found."""
     env = comfy_env()
-    env.setup_comfy_in_process()
+    env.setup_comfy_in_process(device)
     return env.load_pack()

@@ -1,7 +1,7 @@
 """What members cost at realistic size: distinct checkpoints, a LoRA clone, one checkpoint
 with other prompts (batched), three members, against plain KSampler.
 
-    python3 -m benchmarks.shared_checkpoints [--steps 20] [--window 8] [--repeats 2]
+    python3 -m benchmarks.shared_checkpoints [--steps 20] [--window 8] [--repeats 2] [--device gpu]
 
 SD1.5-architecture UNets (about 860M parameters, random weights) and a rank-32 LoRA on
 every attention and feed-forward projection are generated once and cached under
@@ -11,7 +11,9 @@ its own, so that its peak RSS is its own: the process loads what the row needs, 
 step of everything to load and patch the models, then times plain KSampler and the AMDM
 row at --steps steps on a 4x64x64 latent (512 px), alternately, --repeats times each, and
 keeps each one's fastest run. The evaluation bound of a row is (S + (N-1)|W|) / S model
-evaluations relative to plain sampling.
+evaluations relative to plain sampling. With --device gpu the models run in fp16 on the
+GPU ComfyUI chooses (its default memory management), and the table adds each row's peak
+VRAM; absolute times are then meaningful.
 
 Prints a markdown table; every number comes from this run.
 """
@@ -91,15 +93,14 @@ def lora_file(model) -> Path:
     return path
 
 
-def load_unet(seed: int):
+def load_unet(seed: int, dtype: torch.dtype):
     import comfy.sd
     import comfy.utils
     return comfy.sd.load_diffusion_model_state_dict(
-        comfy.utils.load_torch_file(str(unet_file(seed))),
-        model_options={"dtype": torch.float32})
+        comfy.utils.load_torch_file(str(unet_file(seed))), model_options={"dtype": dtype})
 
 
-def run_row(row: str, steps: int, window: int, repeats: int) -> dict:
+def run_row(row: str, steps: int, window: int, repeats: int, device: str) -> dict:
     """One row in this process: warm up, then time plain and AMDM alternately."""
     import comfy.model_management
     import comfy.sd
@@ -108,9 +109,11 @@ def run_row(row: str, steps: int, window: int, repeats: int) -> dict:
     from comfyui_amdm.nodes import Member
     comfy.utils.PROGRESS_BAR_ENABLED = False
     run_node = comfy_env().run_node
-    first = load_unet(0)
+    dtype = torch.float16 if device == "gpu" else torch.float32
+    gpu = comfy.model_management.get_torch_device() if device == "gpu" else None
+    first = load_unet(0, dtype)
     if row in ("distinct", "three"):
-        others = [load_unet(seed) for seed in range(1, MEMBERS[row])]
+        others = [load_unet(seed, dtype) for seed in range(1, MEMBERS[row])]
     elif row in ("lora", "lora-repatched"):
         lora = comfy.utils.load_torch_file(str(lora_file(first)))
         others = [comfy.sd.load_lora_for_models(first, None, lora, 1.0, 0.0)[0]]
@@ -142,10 +145,14 @@ def run_row(row: str, steps: int, window: int, repeats: int) -> dict:
         for name, run in (("plain", plain), ("amdm", amdm)):
             started = time.perf_counter()
             run(steps)
+            if gpu is not None:
+                torch.cuda.synchronize(gpu)
             timings[name].append(time.perf_counter() - started)
     return {"row": row, **{name: min(times) for name, times in timings.items()},
             "plain_runs": timings["plain"],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_vram_gib": None if gpu is None else torch.cuda.max_memory_allocated(gpu) / 2**30,
+            "device": "CPU" if gpu is None else torch.cuda.get_device_name(gpu),
             "threads": torch.get_num_threads()}
 
 
@@ -156,38 +163,48 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs of plain and of AMDM per row, alternating; the fastest counts")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                        help="cpu: fp32 on the CPU; gpu: fp16 on the GPU ComfyUI chooses")
     parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    setup_comfy()
+    setup_comfy(options.device)
     if options.row:
-        print(json.dumps(run_row(options.row, options.steps, options.window, options.repeats)))
+        print(json.dumps(run_row(options.row, options.steps, options.window, options.repeats,
+                                 options.device)))
         return
     unet_file(0)
     results = []
     for row in options.rows:
         child = subprocess.run([sys.executable, "-m", "benchmarks.shared_checkpoints",
                                 "--row", row, "--steps", str(options.steps),
-                                "--window", str(options.window), "--repeats", str(options.repeats)],
+                                "--window", str(options.window), "--repeats", str(options.repeats),
+                                "--device", options.device],
                                capture_output=True, text=True, cwd=Path(__file__).parents[1])
         if child.returncode != 0:
             raise RuntimeError(f"row {row} failed:\n{child.stderr[-3000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
         logging.getLogger(__name__).warning("row %s done", row)
-    print(f"torch {torch.__version__}, CPU threads {results[0]['threads']}, SD1.5-size UNets "
-          f"(random weights, fp32), 4x64x64 latent, euler, {options.steps} steps, window "
-          f"{options.window} steps, fastest of {options.repeats} alternating runs\n")
-    print("| run | wall time / plain KSampler | evaluation bound | time / bound | peak RSS (GiB) |")
-    print("|---|---|---|---|---|")
+    gpu = options.device == "gpu"
+    print(f"torch {torch.__version__}, {results[0]['device']}, CPU threads {results[0]['threads']}, "
+          f"SD1.5-size UNets (random weights, {'fp16' if gpu else 'fp32'}), 4x64x64 latent, euler, "
+          f"{options.steps} steps, window {options.window} steps, fastest of {options.repeats} "
+          f"alternating runs\n")
+    print("| run | wall time / plain KSampler | evaluation bound | time / bound | peak RSS (GiB) |"
+          + (" peak VRAM (GiB) | AMDM run (s) |" if gpu else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if gpu else ""))
     for result in results:
         n = MEMBERS[result["row"]]
         bound = (options.steps + (n - 1) * options.window) / options.steps
         ratio = result["amdm"] / result["plain"]
         print(f"| {ROWS[result['row']]} | {ratio:.2f} | {bound:.2f} | {ratio / bound:.2f} | "
-              f"{result['peak_rss_gib']:.1f} |")
+              f"{result['peak_rss_gib']:.1f} |"
+              + (f" {result['peak_vram_gib']:.1f} | {result['amdm']:.2f} |" if gpu else ""))
     plain_runs = [t for r in results for t in r["plain_runs"]]
-    print(f"\nplain KSampler: {min(plain_runs):.0f} to {max(plain_runs):.0f} s per run over all "
-          f"rows' processes. Reproduce: python3 -m benchmarks.shared_checkpoints")
+    print(f"\nplain KSampler: {min(plain_runs):.2f} to {max(plain_runs):.2f} s per run over all "
+          f"rows' processes. Reproduce: python3 -m benchmarks.shared_checkpoints "
+          f"--steps {options.steps} --window {options.window} --repeats {options.repeats} "
+          f"--rows {' '.join(options.rows)} --device {options.device}")
 
 
 if __name__ == "__main__":

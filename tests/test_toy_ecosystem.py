@@ -3,8 +3,9 @@ AMDM's presets, the shipped and retrained weights, and a short run of the study 
 through ComfyUI's and the pack's nodes on two shipped ecosystems.
 
 The short run checks what must hold whatever the exact numbers: members beat chance on
-their own aspect, evaluation counts match ComfyUI's actual UNet calls, AMDM latents are
-finite, the outputs are written in the documented schema.
+their own aspect, the budget preset brings the aspects together far beyond any member
+alone, evaluation counts match ComfyUI's actual UNet calls, AMDM latents are finite, the
+outputs are written in the documented schema.
 """
 
 from __future__ import annotations
@@ -193,6 +194,16 @@ def test_each_member_alone_beats_chance_on_its_own_aspect(short_study) -> None:
         (member,) = summary.row.members
         accuracy = summary.metrics[member]
         assert min(accuracy.per_ecosystem) > CHANCE[member] + 0.3, (member, accuracy)
+
+
+def test_aggregation_brings_the_members_aspects_together(short_study) -> None:
+    """What AMDM is for: each member alone is right on its own aspect only, so its joint
+    accuracy is low; the budget preset's is far above every member's, in each ecosystem."""
+    _, _, outcome = short_study
+    preset = next(summary for summary in outcome.three_members if summary.row.group == "AMDM preset")
+    for alone in outcome.three_members[:3]:
+        for together, single in zip(preset.joint.per_ecosystem, alone.joint.per_ecosystem):
+            assert together > single + 0.3, (alone.row.name, preset.joint, alone.joint)
 
 
 def window_length(model, steps: int, start_percent: float, end_percent: float) -> int:

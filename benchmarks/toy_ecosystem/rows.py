@@ -84,9 +84,12 @@ def score_sum_row(members: tuple[str, ...], target: str, settings: SamplingSetti
         others = [name for name in members if name != target]
         model = ScoreSum(counter.counted(ecosystem.members[target]), model_list(ecosystem, others, counter)).model()
         return lambda batch: sample_alone(model, batch, settings)
+    return Row("baseline", score_sum_name(members, settings.steps), members, build)
+
+
+def score_sum_name(members: tuple[str, ...], steps: int) -> str:
     name = SCORE_SUM if members == MEMBERS else f"score sum of {' + '.join(members)} (every step)"
-    steps = "" if settings.steps == SETTINGS.steps else f", {settings.steps} steps"
-    return Row("baseline", name + steps, members, build)
+    return name if steps == SETTINGS.steps else f"{name}, {steps} steps"
 
 
 def relative_sum_row(window_steps: int, settings: SamplingSettings = SETTINGS) -> Row:

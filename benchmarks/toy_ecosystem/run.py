@@ -79,7 +79,19 @@ def _find(summaries: Sequence[RowSummary], amdm: AMDMSettings) -> RowSummary | N
 
 
 def _differences(a: RowSummary, b: RowSummary, metric: str = "joint") -> str:
-    return ", ".join(f"{x - y:+.2f}" for x, y in zip(a.metrics[metric].per_ecosystem, b.metrics[metric].per_ecosystem))
+    # round() then + 0.0: a difference that rounds to zero reads +0.00, never -0.00.
+    return ", ".join(f"{round(x - y, 2) + 0.0:+.2f}"
+                     for x, y in zip(a.metrics[metric].per_ecosystem, b.metrics[metric].per_ecosystem))
+
+
+def meeting_at_equal_steps(summaries: Sequence[RowSummary]) -> list[RowSummary]:
+    """AMDM rows that meet the goal against the score sum at their own step count."""
+    meeting = []
+    for summary in summaries:
+        reference = None if summary.row.amdm is None else study.score_sum(summaries, summary.row.amdm.steps)
+        if reference is not None and study.matches_in_every_ecosystem(summary, reference):
+            meeting.append(summary)
+    return meeting
 
 
 def conclusions(outcome: Outcome) -> list[str]:
@@ -96,11 +108,20 @@ def conclusions(outcome: Outcome) -> list[str]:
     else:
         lines.append(f"- No AMDM row comes within {study.MATCH_MARGIN:.2f} of the score sum's joint accuracy in "
                      f"every ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations.")
+    at_equal_steps = meeting_at_equal_steps(three)
+    lines.append(f"- Within {study.MATCH_MARGIN:.2f} of the score sum at the row's own step count in every "
+                 f"ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations: "
+                 + ("; ".join(s.row.name for s in at_equal_steps) if at_equal_steps else "no AMDM row") + ".")
     for preset in (s for s in three if s.row.group == "AMDM preset"):
         lines.append(f"- Preset {preset.row.name}: joint {preset.joint.mean:.2f} ± {preset.joint.standard_error:.2f} at "
                      f"{preset.evaluations_per_image / reference.evaluations_per_image:.0%} of the score sum's "
                      f"evaluations; minus the score sum per ecosystem: joint {_differences(preset, reference)}, "
                      f"realism {_differences(preset, reference, 'realism')}.")
+        equal = study.score_sum(three, preset.row.amdm.steps)
+        if equal is not None and equal is not reference:
+            lines.append(f"  - Against the score sum at its {preset.row.amdm.steps} steps: "
+                         f"{preset.evaluations_per_image / equal.evaluations_per_image:.0%} of its evaluations; "
+                         f"joint {_differences(preset, equal)}, realism {_differences(preset, equal, 'realism')}.")
     budget = outcome.presets.budget
     for aggregation, noise in (*rows.NORM_SAFE, ("linear", "independent")):
         full = _find(three, replace(budget, aggregation=aggregation, noise_mode=noise, guidance="full",
@@ -174,9 +195,10 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
         "uncertainty": "standard_error: standard deviation over the ecosystems / sqrt(number of ecosystems)",
         "presets": {"budget": describe(outcome.presets.budget),
                     "match": None if outcome.presets.match is None else describe(outcome.presets.match)},
-        "goal": {"budget_share": study.BUDGET_SHARE, "margin": study.MATCH_MARGIN,
+        "goal": {"reference": reference.row.name, "budget_share": study.BUDGET_SHARE, "margin": study.MATCH_MARGIN,
                  "met_by": [s.row.name for s in three if s.row.amdm is not None
-                            and study.matches_in_every_ecosystem(s, reference)]},
+                            and study.matches_in_every_ecosystem(s, reference)],
+                 "met_at_equal_steps_by": [s.row.name for s in meeting_at_equal_steps(three)]},
         "rows": report.rows_json(three, 1),
         "two_member_rows": report.rows_json(two, first_pair)})
     report.frontier_plot(three, paths["frontier"],

@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import SEEDS_PER_REQUEST, task
 from .methods import AMDMSettings, Batch, EvaluationCounter
 from .models import Ecosystem
-from .rows import SCORE_SUM, Row
+from .rows import MEMBERS, SETTINGS, Row, score_sum_name
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +170,11 @@ def run_tables(tables: dict[str, Table], config: StudyConfig) -> dict[str, list[
         return {name: runner.table(table) for name, table in tables.items()}
 
 
-def score_sum(summaries: Sequence[RowSummary]) -> RowSummary:
-    """The score sum at the study's step count (the first row named so)."""
-    return next(summary for summary in summaries if summary.row.name == SCORE_SUM)
+def score_sum(summaries: Sequence[RowSummary], steps: int = SETTINGS.steps) -> RowSummary | None:
+    """The three members' score sum at ``steps`` sampler steps (the study's own by
+    default), None when the table has no such row."""
+    name = score_sum_name(MEMBERS, steps)
+    return next((summary for summary in summaries if summary.row.name == name), None)
 
 
 def best_within(candidates: Sequence[RowSummary]) -> RowSummary:

@@ -93,8 +93,10 @@ def _evict_shadowing_modules(comfy_dir: Path) -> None:
 _comfy_dir: Path | None = None
 
 
-def setup_comfy_in_process() -> Path:
-    """Make ComfyUI importable in this process, forced onto the CPU. Idempotent.
+def setup_comfy_in_process(device: str = "cpu") -> Path:
+    """Make ComfyUI importable in this process, forced onto the CPU (``device`` "cpu", as the
+    tests run) or on the GPU ComfyUI chooses ("gpu", for benchmarks). Idempotent: the first
+    call chooses.
 
     Must run before anything imports ``comfy.model_management``: that module fixes the device
     when it is first imported.
@@ -116,14 +118,14 @@ def setup_comfy_in_process() -> Path:
     if "comfy.model_management" in sys.modules:
         import comfy.model_management
 
-        if comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
+        if device == "cpu" and comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
             raise RuntimeError("comfy.model_management was imported before the CPU was selected; "
                                "call setup_comfy_in_process() first")
     else:
         import comfy.options  # noqa: F401  (argument parsing stays disabled: pytest owns argv)
         from comfy.cli_args import args
 
-        for flag in COMFY_TEST_FLAGS:
+        for flag in COMFY_TEST_FLAGS if device == "cpu" else ():
             setattr(args, flag.lstrip("-").replace("-", "_"), True)
         # The default database lives inside the ComfyUI tree; nothing in-process needs it.
         args.database_url = "sqlite:///:memory:"
