@@ -7,8 +7,9 @@ in headless Debian Chromium and writes:
 * docs/images/<workflow>.png: each example graph, on the classic canvas;
 * workflows/<workflow>.jpg: the thumbnails ComfyUI's template browser shows;
 * docs/images/schedule_chart.png: the AggregationSchedule node of the three-member example;
-* docs/images/renderers.png: that example's member badges and chart on the classic canvas
-  and with Nodes 2.0 (Vue nodes);
+* docs/images/renderers.png: that example's member badges and chart on ComfyUI's pinned
+  frontend (classic canvas) and on the current one, on the classic canvas and with Nodes
+  2.0 (Vue nodes);
 * docs/images/help_panel.png: the Model Stack help in the side panel.
 
 Usage: python3 scripts/screenshots.py [--only NAME ...]  (NAME: workflow graphs to redo)
@@ -16,6 +17,7 @@ Usage: python3 scripts/screenshots.py [--only NAME ...]  (NAME: workflow graphs 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -23,6 +25,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, ImageDraw
 from playwright.sync_api import Page, sync_playwright
@@ -31,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 # The tests dir must be on sys.path for these: the browser tests' page driver is reused here.
+from support import family_models  # noqa: E402
 from support.comfy_env import find_comfyui  # noqa: E402
 from support.comfy_server import ComfyServer  # noqa: E402
 from test_browser import CHROMIUM, CHROMIUM_ARGS, ComfyPage, Frontend, current_frontend_root  # noqa: E402
@@ -195,6 +199,29 @@ def stand_in_model_files(models_dir: Path, names: list[str]) -> None:
                         path.touch()
 
 
+@contextlib.contextmanager
+def example_server(frontend: Frontend) -> Iterator[ComfyServer]:
+    """A ComfyUI server with this pack, serving ``frontend``'s package, whose models folders
+    hold the test models (the chart reads a loader's file to tell the model family) and
+    stand-ins for every other file the examples name."""
+    extra_args = ["--front-end-root", str(current_frontend_root())] if frontend.current else []
+    with tempfile.TemporaryDirectory(prefix="amdm-screenshots-") as base:
+        server = ComfyServer(Path(base), Path(base) / "comfyui.log", extra_args=extra_args)
+        server.start()
+        try:
+            server.require_pack()
+            family_models.link_into(server.models_dir)
+            stand_in_model_files(server.models_dir, sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json")))
+            if "UpscaleModelLoader" not in server.object_info():
+                # The frontend's model-folder map needs it; without it no loader node can be created.
+                raise SystemExit("ComfyUI has no UpscaleModelLoader: install spandrel (pip install spandrel)")
+            # The image-to-image example reads ComfyUI's own example picture.
+            shutil.copy(find_comfyui() / "input" / "example.png", server.input_dir / "example.png")
+            yield server
+        finally:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="workflow names (default: all)")
@@ -202,58 +229,57 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = arguments.only or sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    family_models.ensure_family_models()
 
-    with tempfile.TemporaryDirectory(prefix="amdm-screenshots-") as base:
-        server = ComfyServer(Path(base), Path(base) / "comfyui.log",
-                             extra_args=["--front-end-root", str(current_frontend_root())])
-        server.start()
-        try:
-            server.require_pack()
-            stand_in_model_files(server.models_dir, sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json")))
-            if "UpscaleModelLoader" not in server.object_info():
-                # The frontend's model-folder map needs it; without it no loader node can be created.
-                raise SystemExit("ComfyUI has no UpscaleModelLoader: install spandrel (pip install spandrel)")
-            # The image-to-image example reads ComfyUI's own example picture.
-            shutil.copy(find_comfyui() / "input" / "example.png", server.input_dir / "example.png")
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-                comfy_page = ComfyPage(browser, server.url, Frontend(current=True, renderer="classic"))
-                page = comfy_page.page
-                strip_chrome(page)
-                for name in names:
-                    load_example(comfy_page, name)
-                    graph_png = IMAGES_DIR / f"{name}.png"
-                    page.screenshot(path=str(graph_png), clip=frame_graph(page))
-                    thumbnail(graph_png, WORKFLOWS_DIR / f"{name}.jpg")
-                    logger.info("wrote %s and %s", graph_png.relative_to(REPO_ROOT),
-                                (WORKFLOWS_DIR / f"{name}.jpg").relative_to(REPO_ROOT))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        rows = []
+        pinned = Frontend(current=False, renderer="classic")
+        with example_server(pinned) as server:
+            comfy_page = ComfyPage(browser, server.url, pinned)
+            comfy_page.page.set_viewport_size({"width": 1400, "height": 1000})
+            load_example(comfy_page, CHART_WORKFLOW)
+            rows.append((f"frontend {pinned.version}, classic canvas",
+                         node_pictures(comfy_page, graph_view_nodes(comfy_page))))
+            comfy_page.close()
 
+        current = Frontend(current=True, renderer="classic")
+        with example_server(current) as server:
+            comfy_page = ComfyPage(browser, server.url, current)
+            page = comfy_page.page
+            strip_chrome(page)
+            for name in names:
+                load_example(comfy_page, name)
+                graph_png = IMAGES_DIR / f"{name}.png"
+                page.screenshot(path=str(graph_png), clip=frame_graph(page))
+                thumbnail(graph_png, WORKFLOWS_DIR / f"{name}.jpg")
+                logger.info("wrote %s and %s", graph_png.relative_to(REPO_ROOT),
+                            (WORKFLOWS_DIR / f"{name}.jpg").relative_to(REPO_ROOT))
+
+            load_example(comfy_page, CHART_WORKFLOW)
+            schedule = comfy_page.node_id("AggregationSchedule")
+            comfy_page.chart_view(schedule)
+            chart_png = IMAGES_DIR / "schedule_chart.png"
+            page.screenshot(path=str(chart_png), clip=zoom_on_node(page, schedule))
+            logger.info("wrote %s", chart_png.relative_to(REPO_ROOT))
+
+            page.set_viewport_size({"width": 1400, "height": 1000})
+            for renderer, caption in (("classic", "classic canvas"), ("vue", "Nodes 2.0 (Vue nodes)")):
+                comfy_page.frontend = Frontend(current=True, renderer=renderer)
+                comfy_page.set_setting("Comfy.VueNodes.Enabled", renderer == "vue")
                 load_example(comfy_page, CHART_WORKFLOW)
-                schedule = comfy_page.node_id("AggregationSchedule")
-                comfy_page.chart_view(schedule)
-                chart_png = IMAGES_DIR / "schedule_chart.png"
-                page.screenshot(path=str(chart_png), clip=zoom_on_node(page, schedule))
-                logger.info("wrote %s", chart_png.relative_to(REPO_ROOT))
+                rows.append((f"frontend {current.version}, {caption}",
+                             node_pictures(comfy_page, graph_view_nodes(comfy_page))))
+            renderers_png = IMAGES_DIR / "renderers.png"
+            side_by_side(rows).save(renderers_png)
+            logger.info("wrote %s", renderers_png.relative_to(REPO_ROOT))
 
-                page.set_viewport_size({"width": 1400, "height": 1000})
-                rows = []
-                for renderer, caption in (("classic", "classic canvas"), ("vue", "Nodes 2.0 (Vue nodes)")):
-                    comfy_page.frontend = Frontend(current=True, renderer=renderer)
-                    comfy_page.set_setting("Comfy.VueNodes.Enabled", renderer == "vue")
-                    load_example(comfy_page, CHART_WORKFLOW)
-                    rows.append((caption, node_pictures(comfy_page, graph_view_nodes(comfy_page))))
-                renderers_png = IMAGES_DIR / "renderers.png"
-                side_by_side(rows).save(renderers_png)
-                logger.info("wrote %s", renderers_png.relative_to(REPO_ROOT))
-
-                comfy_page.set_setting("Comfy.VueNodes.Enabled", False)
-                comfy_page.close()
-                help_png = IMAGES_DIR / "help_panel.png"
-                help_panel(ComfyPage(browser, server.url, Frontend(current=True, renderer="classic")), help_png)
-                logger.info("wrote %s", help_png.relative_to(REPO_ROOT))
-                browser.close()
-        finally:
-            server.stop()
+            comfy_page.set_setting("Comfy.VueNodes.Enabled", False)
+            comfy_page.close()
+            help_png = IMAGES_DIR / "help_panel.png"
+            help_panel(ComfyPage(browser, server.url, current), help_png)
+            logger.info("wrote %s", help_png.relative_to(REPO_ROOT))
+        browser.close()
 
 
 if __name__ == "__main__":
