@@ -188,6 +188,21 @@ class ComfyPage:
         """What the frontend would send to /prompt for the loaded graph."""
         return json.loads(self.page.evaluate("async () => JSON.stringify((await app.graphToPrompt()).output)"))
 
+    def graph_frame(self) -> dict:
+        """Where the loaded graph (every node with its title bar, every group) lies on the
+        canvas at the view the frontend opened it with, in CSS pixels, and the canvas size."""
+        return self.page.evaluate("""() => {
+            const ds = app.canvas.ds;
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            const boxes = [...app.graph.nodes.map((n) => [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title]),
+                           ...(app.graph.groups ?? app.graph._groups ?? []).map((g) => [...g._bounding])];
+            const xs = boxes.flatMap(([x, , w]) => [x, x + w]).map((x) => (x + ds.offset[0]) * ds.scale);
+            const ys = boxes.flatMap(([, y, , h]) => [y, y + h]).map((y) => (y + ds.offset[1]) * ds.scale);
+            const canvas = app.canvas.canvas;
+            return {left: Math.min(...xs), right: Math.max(...xs), top: Math.min(...ys), bottom: Math.max(...ys),
+                    scale: ds.scale, width: canvas.clientWidth, height: canvas.clientHeight};
+        }""")
+
     def node_id(self, node_type: str) -> int:
         return self.page.evaluate("(type) => app.graph.nodes.find((n) => n.type === type).id", node_type)
 
@@ -391,6 +406,11 @@ def test_workflow_loads_with_every_node_type(session: FrontendSession, name: str
     assert session.page.missing_node_types() == []
     # The frontend's own conversion of the loaded graph is the shipped API file.
     assert graph_differences(session.page.prompt_from_frontend(), load_api_workflow(name)) == []
+    if not session.page.frontend.vue:  # Vue nodes size themselves after the first paint
+        frame = session.page.graph_frame()
+        assert frame["scale"] >= 0.6, frame  # text stays readable
+        assert 0 <= frame["left"] and frame["right"] <= frame["width"], frame
+        assert 0 <= frame["top"] and frame["bottom"] <= frame["height"], frame
 
 
 def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
