@@ -149,9 +149,11 @@ if [[ $want_browser -eq 1 ]]; then
     if [[ -x /usr/bin/chromium ]]; then
         log "chromium present"
     else
-        log "installing Debian chromium"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        log "installing Debian chromium (apt-get)"
+        sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
     fi
     # The current ComfyUI frontend: the browser tests also run the pack in it, served with
     # `--front-end-root`. Installed under the cache, not into ComfyUI's environment.
@@ -172,6 +174,7 @@ fi
 # Random-weight stand-ins of SD1.5 and of the SDXL/SD3.5/Flux/Wan families (about 2 GB),
 # generated once and cached; the tests would also generate them on first use.
 if [[ $want_tests -eq 1 ]]; then
+    log "test models: generated where missing (about 2 GB, a few minutes the first time)"
     COMFYUI_PATH="$comfy_dir" "$python" -c '
 import logging, sys, time
 sys.path.insert(0, sys.argv[1])
