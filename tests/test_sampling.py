@@ -367,19 +367,28 @@ def lora_hooked(conditioning, fixture_files, strength: float = 1.0) -> list:
                     set_cond_area="default", hooks=hooks)[0]
 
 
-@pytest.mark.parametrize("sharing", ["same MODEL", "clone", "LoRA clone", "hooked member"])
+@pytest.mark.parametrize("sharing", ["same MODEL", "same MODEL, model-as-LoRA hook", "clone",
+                                     "LoRA clone", "hooked member"])
 def test_the_targets_hooks_survive_every_way_of_sharing_its_model(amdm, model_a, prompts,
                                                                   fixture_files, sharing):
-    """A hook on the target's conditioning, and a weight-0 member that shares the target's
+    """A hook on the target's conditioning (a LoRA hook, or another checkpoint's weights as
+    one: CreateHookModelAsLoraModelOnly), and a weight-0 member that shares the target's
     MODEL (the very object, a clone, a LoRA clone, or with hooks of its own): the result is
     KSampler with the hook, and plain KSampler afterwards is unchanged (nothing leaks)."""
     Member, Schedule = amdm
-    hooked_red = lora_hooked(prompts["red"], fixture_files)
+    if sharing == "same MODEL, model-as-LoRA hook":
+        hooks = run_node("CreateHookModelAsLoraModelOnly", ckpt_name="dreamshaper_8.safetensors",
+                         strength_model=1.0)[0]
+        hooked_red = run_node("ConditioningSetProperties", cond_NEW=prompts["red"], strength=1.0,
+                              set_cond_area="default", hooks=hooks)[0]
+    else:
+        hooked_red = lora_hooked(prompts["red"], fixture_files)
     plain_before = ksampler(model_a, prompts["red"], prompts["empty"], 7.0, "euler")
     reference = ksampler(model_a, hooked_red, prompts["empty"], 7.0, "euler")
     assert not torch.allclose(reference, plain_before), "the hook must act"
     member_model = {
-        "same MODEL": model_a, "clone": model_a.clone(), "hooked member": model_a,
+        "same MODEL": model_a, "same MODEL, model-as-LoRA hook": model_a,
+        "clone": model_a.clone(), "hooked member": model_a,
         "LoRA clone": run_node("LoraLoaderModelOnly", model=model_a,
                                lora_name=fixture_files["lora"].name, strength_model=0.5)[0],
     }[sharing]
