@@ -1,7 +1,7 @@
 """What members cost at realistic size: distinct checkpoints, a LoRA clone, one checkpoint
 with other prompts (batched), three members, against plain KSampler.
 
-    python3 -m benchmarks.shared_checkpoints [--steps 20] [--window 8] [--repeats 2] [--device gpu]
+    python3 -m benchmarks.shared_checkpoints [--steps 20] [--window 8] [--repeats 2] [--device cuda]
 
 SD1.5-architecture UNets (about 860M parameters, random weights) and a rank-32 LoRA on
 every attention and feed-forward projection are generated once and cached under
@@ -11,9 +11,9 @@ its own, so that its peak RSS is its own: the process loads what the row needs, 
 step of everything to load and patch the models, then times plain KSampler and the AMDM
 row at --steps steps on a 4x64x64 latent (512 px), alternately, --repeats times each, and
 keeps each one's fastest run. The evaluation bound of a row is (S + (N-1)|W|) / S model
-evaluations relative to plain sampling. With --device gpu the models run in fp16 on the
-GPU ComfyUI chooses (its default memory management), and the table adds each row's peak
-VRAM; absolute times are then meaningful.
+evaluations relative to plain sampling. With --device cuda the models run in fp16 on the
+CUDA GPU ComfyUI chooses (its default memory management), and the table adds each row's
+peak VRAM; absolute times are then meaningful.
 
 Prints a markdown table; every number comes from this run.
 """
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,7 +94,7 @@ def lora_file(model) -> Path:
     return path
 
 
-def load_unet(seed: int, dtype: torch.dtype):
+def load_unet(seed: int, dtype: torch.dtype) -> Any:
     import comfy.sd
     import comfy.utils
     return comfy.sd.load_diffusion_model_state_dict(
@@ -109,8 +110,8 @@ def run_row(row: str, steps: int, window: int, repeats: int, device: str) -> dic
     from comfyui_amdm.nodes import Member
     comfy.utils.PROGRESS_BAR_ENABLED = False
     run_node = comfy_env().run_node
-    dtype = torch.float16 if device == "gpu" else torch.float32
-    gpu = comfy.model_management.get_torch_device() if device == "gpu" else None
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    gpu = comfy.model_management.get_torch_device() if device == "cuda" else None
     first = load_unet(0, dtype)
     if row in ("distinct", "three"):
         others = [load_unet(seed, dtype) for seed in range(1, MEMBERS[row])]
@@ -163,12 +164,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs of plain and of AMDM per row, alternating; the fastest counts")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
-                        help="cpu: fp32 on the CPU; gpu: fp16 on the GPU ComfyUI chooses")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu: fp32 on the CPU; cuda: fp16 on the CUDA GPU ComfyUI chooses")
     parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    setup_comfy(options.device)
+    setup_comfy("gpu" if options.device == "cuda" else "cpu")
     if options.row:
         print(json.dumps(run_row(options.row, options.steps, options.window, options.repeats,
                                  options.device)))
@@ -185,7 +186,7 @@ def main() -> None:
             raise RuntimeError(f"row {row} failed:\n{child.stderr[-3000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
         logging.getLogger(__name__).warning("row %s done", row)
-    gpu = options.device == "gpu"
+    gpu = options.device == "cuda"
     print(f"torch {torch.__version__}, {results[0]['device']}, CPU threads {results[0]['threads']}, "
           f"SD1.5-size UNets (random weights, {'fp16' if gpu else 'fp32'}), 4x64x64 latent, euler, "
           f"{options.steps} steps, window {options.window} steps, fastest of {options.repeats} "

@@ -287,16 +287,19 @@ def loaded_model_file(class_type: str, inputs: dict) -> Optional[tuple[str, str]
 @functools.lru_cache(maxsize=16)
 def _detected_sampling(path: str, modified: float,
                        diffusion_model_only: bool) -> Optional[tuple[Any, Any]]:
-    # Only the safetensors header is read: tensor names, shapes and dtypes are what
-    # ComfyUI's detection looks at, so meta tensors stand in for the weights, and the model
-    # is built on the meta device (its model_base class decides the prediction type).
+    # ComfyUI's detection looks at tensor names and shapes, so meta tensors stand in for the
+    # weights, and the model is built on the meta device (its model_base class decides the
+    # prediction type). A few checks read values of small tensors (SD2's v-prediction from
+    # a norm bias, CosXL's sigma range): those are read for real.
     with safetensors.safe_open(path, framework="pt", device="cpu") as file:
         metadata = file.metadata()
         state = {}
         for key in file.keys():
             piece = file.get_slice(key)
-            state[key] = torch.empty(piece.get_shape(), device="meta",
-                                     dtype=_SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32))
+            shape = piece.get_shape()
+            state[key] = file.get_tensor(key) if math.prod(shape) <= _READ_VALUES_UP_TO else \
+                torch.empty(shape, device="meta",
+                            dtype=_SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32))
     prefix = comfy.model_detection.unet_prefix_from_state_dict(state)
     if diffusion_model_only:  # as ComfyUI's diffusion-model loader reads a file
         state = comfy.utils.state_dict_prefix_replace(state, {prefix: ""}, filter_keys=True) or state
@@ -307,6 +310,8 @@ def _detected_sampling(path: str, modified: float,
     return config, config.get_model(state, prefix, device=torch.device("meta")).model_sampling
 
 
+# Tensors of at most this many elements are read with their values (biases, norms, scalars).
+_READ_VALUES_UP_TO = 4096
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                        "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
                        "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,

@@ -189,7 +189,8 @@ def _problem(schedule: Schedule, weights: list[float]) -> Optional[str]:
 
 async def chart(request: dict) -> dict:
     """The chart's data for one schedule node (see the module docstring)."""
-    model, family = loaded_sampling_model(request.get("loader"))
+    # Reading a model file's header is blocking file work: off the server's event loop.
+    model, family = await asyncio.to_thread(loaded_sampling_model, request.get("loader"))
     model, family = await apply_model_sampling(model, list(request.get("model_sampling") or []), family)
     source = request.get("sigmas") or {}
     sigmas, note = None, None

@@ -187,7 +187,8 @@ def help_panel(comfy_page: ComfyPage, png: Path) -> None:
 def stand_in_model_files(models_dir: Path, names: list[str]) -> None:
     """Empty files under the names the examples' loaders ask for, where the test models
     have none: current frontends outline a loader whose file is missing in red, and the
-    pictures show the graphs as a user who has the files sees them. Nothing loads them."""
+    pictures show the graphs as a user who has the files sees them. Only the chart route opens
+them (an empty file has no model family, so the chart says it assumes one)."""
     for name in names:
         prompt = json.loads((WORKFLOWS_DIR / "api" / f"{name}.json").read_text(encoding="utf-8"))
         for node in prompt.values():

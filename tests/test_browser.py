@@ -429,6 +429,8 @@ def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
     after_view = page.chart_view(schedule)
     after = page.node_image(schedule, "schedule_end_0.80.png")
 
+    # The target's CheckpointLoaderSimple file tells the family (the page sends the loader).
+    assert before_view["family"] == "SD15"
     # 25 euler/normal steps: end_percent 0.4 -> steps 0-9, 0.8 -> steps 0-19.
     assert before_view["inWindow"] == list(range(10))
     assert after_view["inWindow"] == list(range(20))

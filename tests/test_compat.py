@@ -27,7 +27,7 @@ INTERNAL_ATTRIBUTES = {"current_patcher", "pre_run", "loaded_models", "original_
                        "sigma_max", "latent_channels", "latent_dimensions", "scale_factor",
                        "shift_factor", "clone_has_same_weights", "patches", "model_size"}
 # Guider state the pack may read but only set through the guider's methods (set_cfg).
-WRITE_ONLY_THROUGH_METHODS = {"cfg", "conds", "model_patcher", "model_options"}
+WRITE_ONLY_THROUGH_METHODS = {"cfg", "conds"}
 # Keys of ComfyUI's dicts handed to model_options hooks and samplers (extra_args).
 INTERNAL_KEYS = {"model_options", "conds", "input", "sigma", "model",
                  "sampler_calc_cond_batch_function"}
@@ -106,8 +106,8 @@ def test_an_unsupported_comfyui_gets_one_warning_at_import(pack):
 def test_a_member_naming_the_cpu_by_index_is_on_the_targets_device(amdm, model_a, model_b,
                                                                      prompts, fixture_files):
     """cpu:0 and cpu name one device: a member loading on cpu:0 beside a target on cpu is
-    neither refused as a clone on another device nor stepped as a device of its own, and
-    the result is the same. (Moving latents to a GPU member and gathering its proposal
+    stepped as on the target's device (the result is the same), and a LoRA clone of the
+    target loading on cpu:0 is not refused as a clone on another device. (Moving latents to a GPU member and gathering its proposal
     cannot be observed on a CPU: tensors on cpu:0 report cpu.)"""
     Member, Schedule = amdm
     elsewhere = model_b.clone()

@@ -85,7 +85,8 @@ def _differences(a: RowSummary, b: RowSummary, metric: str = "joint") -> str:
 
 
 def meeting_at_equal_steps(summaries: Sequence[RowSummary]) -> list[RowSummary]:
-    """AMDM rows that meet the goal against the score sum at their own step count."""
+    """AMDM rows that meet the goal against the score sum at their own step count (rows at
+    a step count with no score-sum row in the table are not compared)."""
     meeting = []
     for summary in summaries:
         reference = None if summary.row.amdm is None else study.score_sum(summaries, summary.row.amdm.steps)
@@ -109,9 +110,12 @@ def conclusions(outcome: Outcome) -> list[str]:
         lines.append(f"- No AMDM row comes within {study.MATCH_MARGIN:.2f} of the score sum's joint accuracy in "
                      f"every ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations.")
     at_equal_steps = meeting_at_equal_steps(three)
+    compared = sorted({s.row.amdm.steps for s in three if s.row.amdm is not None
+                       and study.score_sum(three, s.row.amdm.steps) is not None})
     lines.append(f"- Within {study.MATCH_MARGIN:.2f} of the score sum at the row's own step count in every "
-                 f"ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations: "
-                 + ("; ".join(s.row.name for s in at_equal_steps) if at_equal_steps else "no AMDM row") + ".")
+                 f"ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations (AMDM rows at "
+                 f"{' or '.join(map(str, compared))} steps): "
+                 + ("; ".join(s.row.name for s in at_equal_steps) if at_equal_steps else "none") + ".")
     for preset in (s for s in three if s.row.group == "AMDM preset"):
         lines.append(f"- Preset {preset.row.name}: joint {preset.joint.mean:.2f} ± {preset.joint.standard_error:.2f} at "
                      f"{preset.evaluations_per_image / reference.evaluations_per_image:.0%} of the score sum's "

@@ -233,13 +233,14 @@ function redraw(node) {
 /** Asks the route again when the graph around the schedule node changed; redraws on answer. */
 function refreshChart(node) {
   let request;
+  let key;
   try {
     request = chartRequest(node);
+    key = JSON.stringify(request.body);
   } catch (error) {
     reportOnce(node, "read the graph around", error);
     return;
   }
-  const key = JSON.stringify(request.body);
   const state = chartState(node);
   if (key === state.key) return;
   state.key = key;
@@ -602,8 +603,8 @@ function refreshGraphView() {
 }
 
 /**
- * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS nodes'
- * and the ModelSampling nodes' widgets. Both renderers call a widget's callback on an edit;
+ * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS nodes',
+ * the ModelSampling nodes' and the target's loader's widgets. Both renderers call a widget's callback on an edit;
  * the Vue renderer draws our widgets only when asked.
  */
 function refreshOnWidgetChange(node) {
