@@ -320,9 +320,9 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 def sampling_model_of_file(path: str, folder: str) -> Optional[tuple[Any, str]]:
     """A MODEL carrying only the model_sampling that ComfyUI's detection gives the
-    checkpoint or diffusion model at ``path`` (loaded from models ``folder``; no weights are
-    read), and the name of its model config; None when the file is not safetensors or
-    ComfyUI does not recognise it."""
+    checkpoint or diffusion model at ``path`` (loaded from models ``folder``; only its
+    header and its smallest tensors are read), and the name of its model config; None when
+    the file is not safetensors or ComfyUI does not recognise it."""
     if not path.endswith((".safetensors", ".sft")):
         return None
     try:
