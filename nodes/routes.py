@@ -19,7 +19,7 @@ disagree, and no sigma arithmetic is mirrored in JavaScript.
             or null}
 
 ``loader`` is the node at the start of the target's model path: for CheckpointLoaderSimple and
-UNETLoader the route reads the file's tensor names and shapes (not its weights) and takes
+UNETLoader the route reads the file's header and a few small tensors (not its weights) and takes
 the model family ComfyUI's detection gives it; for other loaders, or a file it does not
 recognise, the model is taken to be a discrete SD1.x / SDXL one. ``model_sampling`` lists
 the ModelSampling nodes between the loader and the stack, loader side first. ``nodes`` is the

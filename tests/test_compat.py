@@ -107,8 +107,9 @@ def test_a_member_naming_the_cpu_by_index_is_on_the_targets_device(amdm, model_a
                                                                      prompts, fixture_files):
     """cpu:0 and cpu name one device: a member loading on cpu:0 beside a target on cpu is
     stepped as on the target's device (the result is the same), and a LoRA clone of the
-    target loading on cpu:0 is not refused as a clone on another device. (Moving latents to a GPU member and gathering its proposal
-    cannot be observed on a CPU: tensors on cpu:0 report cpu.)"""
+    target loading on cpu:0 is not refused as a clone on another device. (Moving latents
+    to a GPU member and gathering its proposal cannot be observed on a CPU: tensors on
+    cpu:0 report cpu.)"""
     Member, Schedule = amdm
     elsewhere = model_b.clone()
     elsewhere.load_device = torch.device("cpu", 0)

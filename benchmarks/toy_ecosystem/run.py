@@ -84,15 +84,18 @@ def _differences(a: RowSummary, b: RowSummary, metric: str = "joint") -> str:
                      for x, y in zip(a.metrics[metric].per_ecosystem, b.metrics[metric].per_ecosystem))
 
 
+def with_equal_step_score_sum(summaries: Sequence[RowSummary]) -> list[tuple[RowSummary, RowSummary]]:
+    """Each AMDM row with the score sum at its own step count (rows at a step count the
+    table has no score sum for are left out)."""
+    pairs = [(summary, study.score_sum(summaries, summary.row.amdm.steps))
+             for summary in summaries if summary.row.amdm is not None]
+    return [(summary, reference) for summary, reference in pairs if reference is not None]
+
+
 def meeting_at_equal_steps(summaries: Sequence[RowSummary]) -> list[RowSummary]:
-    """AMDM rows that meet the goal against the score sum at their own step count (rows at
-    a step count with no score-sum row in the table are not compared)."""
-    meeting = []
-    for summary in summaries:
-        reference = None if summary.row.amdm is None else study.score_sum(summaries, summary.row.amdm.steps)
-        if reference is not None and study.matches_in_every_ecosystem(summary, reference):
-            meeting.append(summary)
-    return meeting
+    """AMDM rows that meet the goal against the score sum at their own step count."""
+    return [summary for summary, reference in with_equal_step_score_sum(summaries)
+            if study.matches_in_every_ecosystem(summary, reference)]
 
 
 def conclusions(outcome: Outcome) -> list[str]:
@@ -110,8 +113,7 @@ def conclusions(outcome: Outcome) -> list[str]:
         lines.append(f"- No AMDM row comes within {study.MATCH_MARGIN:.2f} of the score sum's joint accuracy in "
                      f"every ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations.")
     at_equal_steps = meeting_at_equal_steps(three)
-    compared = sorted({s.row.amdm.steps for s in three if s.row.amdm is not None
-                       and study.score_sum(three, s.row.amdm.steps) is not None})
+    compared = sorted({s.row.amdm.steps for s, _ in with_equal_step_score_sum(three)})
     lines.append(f"- Within {study.MATCH_MARGIN:.2f} of the score sum at the row's own step count in every "
                  f"ecosystem at <= {study.BUDGET_SHARE:.0%} of its evaluations (AMDM rows at "
                  f"{' or '.join(map(str, compared))} steps): "

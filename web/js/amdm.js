@@ -603,9 +603,9 @@ function refreshGraphView() {
 }
 
 /**
- * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS nodes',
- * the ModelSampling nodes' and the target's loader's widgets. Both renderers call a widget's callback on an edit;
- * the Vue renderer draws our widgets only when asked.
+ * Refresh on every widget edit of any node: the chart reads the sampler's, the SIGMAS
+ * nodes', the ModelSampling nodes' and the target's loader's widgets. Both renderers call a
+ * widget's callback on an edit; the Vue renderer draws our widgets only when asked.
  */
 function refreshOnWidgetChange(node) {
   for (const widget of node.widgets ?? []) {
