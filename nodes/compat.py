@@ -161,6 +161,14 @@ def scheduler_sigmas(patcher: Any, steps: int, sampler_name: str, scheduler: str
                                    model_options=patcher.model_options).sigmas
 
 
+def scheduler_step_count(steps: int, denoise: float) -> int:
+    """At most how many steps KSampler and BasicScheduler schedule for these settings: with
+    denoise < 1 they compute steps / denoise of them and run the last ``steps``."""
+    if denoise >= 1.0:
+        return steps
+    return 0 if denoise <= 0.0 else int(steps / denoise)
+
+
 def is_nested(latent: torch.Tensor) -> bool:
     """Nested latents (several latents packed, as audio-video models use) in newer ComfyUI."""
     return bool(getattr(latent, "is_nested", False))
