@@ -87,10 +87,13 @@ from typing import Any, Optional
 import torch
 from aiohttp import web
 
-from ..amdm_core import (Schedule, curve_factors, member_coefficients, step_weights, validate_weights,
-                         window_for)
-from . import compat
-from .definitions import AggregationSchedule, AMDMSamplerNode, ModelStack
+import comfy.samplers
+import nodes as comfy_nodes
+
+from ..amdm_core import (Schedule, Span, curve_factors, member_coefficients, member_steps, range_errors,
+                         spans_of, steps_in, validate_weights, window_plans)
+from . import families
+from .definitions import RANGE_INPUTS, AggregationSchedule, AMDMSamplerNode, ModelStack, member_range
 
 logger = logging.getLogger(__name__)
 
@@ -202,12 +205,20 @@ def _checked_widgets(where: str, declared: dict[str, tuple[Any, dict, bool]], gi
         elif required:
             raise ChartError(f"{where}: the {name} input is missing")
     if "steps" in widgets and "denoise" in widgets:
-        scheduled = compat.scheduler_step_count(widgets["steps"], widgets["denoise"])
+        scheduled = scheduled_steps(widgets["steps"], widgets["denoise"])
         if scheduled > MAX_SCHEDULED_STEPS:
             raise ChartError(f"{where}: steps {widgets['steps']} with denoise {widgets['denoise']} "
                              f"schedule {scheduled} steps (steps / denoise); the chart computes at "
                              f"most {MAX_SCHEDULED_STEPS}")
     return widgets
+
+
+def scheduled_steps(steps: int, denoise: float) -> int:
+    """At most how many steps KSampler and BasicScheduler schedule for these settings: with
+    denoise < 1 they compute steps / denoise of them and run the last ``steps``."""
+    if denoise >= 1.0:
+        return steps
+    return 0 if denoise <= 0.0 else int(steps / denoise)
 
 
 def _object(value: Any, what: str) -> dict:
@@ -263,7 +274,7 @@ def checked_model_sampling(spec: Any, what: str) -> CheckedNode:
     """A ModelSampling node of the target's model path; its MODEL input gets the model, an
     optional input the chart cannot provide is left out (ModelSamplingLTXV's latent)."""
     class_type, given = _node_spec(spec, what)
-    node_class = compat.node_class(class_type)
+    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
     if node_class is None:
         raise ChartError(f"{what}: unknown node type {class_type!r}")
     if not class_type.startswith("ModelSampling") or tuple(node_class.RETURN_TYPES) != ("MODEL",):
@@ -295,7 +306,7 @@ def checked_sigmas_graph(graph: Any, output: tuple[str, int]) -> list[tuple[str,
             raise ChartError(f"node {reprlib.repr(node_id)} is missing from the SIGMAS graph")
         class_type, given = _node_spec(graph[node_id], f"SIGMAS node {reprlib.repr(node_id)}")
         where = f"{class_type} (node {reprlib.repr(node_id)})"
-        node_class = compat.node_class(class_type)
+        node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
         if node_class is None:
             raise SigmasNotEvaluated(f"unknown node type {class_type!r}")
         outputs = tuple(getattr(node_class, "RETURN_TYPES", ()))
@@ -332,6 +343,7 @@ class ChartRequest:
 
     schedule: dict[str, Any]
     weights: list[float]
+    ranges: list[dict[str, Any]]
     loader: Optional[dict]
     model_sampling: list[CheckedNode]
     sampler: Optional[dict[str, Any]] = None
@@ -350,18 +362,19 @@ def checked_request(body: Any) -> ChartRequest:
     given_schedule = _object(_field(body, "schedule", {}), "schedule")
     schedule = _checked_widgets("AggregationSchedule", _declared_inputs(AggregationSchedule),
                                 {**_DEFAULT_SCHEDULE, **given_schedule})
-    weight_input = {"weight": _declared_inputs(ModelStack)["weight"]}
-    members = _array(_field(body, "members", []), "members", MAX_MEMBERS)
-    weights = [_checked_widgets(f"member {m + 1}", weight_input,
-                                {"weight": 1.0, **_object(member, f"member {m + 1}")})["weight"]
-               for m, member in enumerate(members)]
+    member_inputs = {name: spec for name, spec in _declared_inputs(ModelStack).items()
+                     if name in ("weight", *RANGE_INPUTS)}
+    defaults = {name: options["default"] for name, (_, options, _) in member_inputs.items()}
+    members = [_checked_widgets(f"member {m + 1}", member_inputs, {**defaults, **_object(member, f"member {m + 1}")})
+               for m, member in enumerate(_array(_field(body, "members", []), "members", MAX_MEMBERS))]
+    weights = [member.pop("weight") for member in members]
     loader = body.get("loader")
     if loader is not None:
         _node_spec(loader, "loader")
     model_sampling = [checked_model_sampling(spec, f"model_sampling[{i}]") for i, spec in
                       enumerate(_array(_field(body, "model_sampling", []), "model_sampling",
                                        MAX_MODEL_SAMPLING_NODES))]
-    request = ChartRequest(schedule, weights, loader, model_sampling)
+    request = ChartRequest(schedule, weights, members, loader, model_sampling)
     source = _object(_field(body, "sigmas", {}), "sigmas")
     if set(source) == {"sampler"}:
         sampler_inputs = {name: spec for name, spec in _declared_inputs(AMDMSamplerNode).items()
@@ -415,11 +428,11 @@ def loaded_sampling_model(loader: Optional[dict]) -> tuple[Any, str]:
     and a short name of its family; SD1.x / SDXL sigmas when the loader is another node or
     its file is not recognised."""
     if loader is not None:
-        found = compat.loaded_model_file(loader["class_type"], loader.get("inputs") or {})
-        detected = None if found is None else compat.sampling_model_of_file(*found)
+        found = families.loaded_model_file(loader["class_type"], loader.get("inputs") or {})
+        detected = None if found is None else families.sampling_model_of_file(*found)
         if detected is not None:
             return detected
-    return compat.discrete_sampling_model(), "SD1/SDXL sigmas (assumed)"
+    return families.discrete_sampling_model(), "SD1/SDXL sigmas (assumed)"
 
 
 def apply_model_sampling(model: Any, chain: list[CheckedNode], family: str,
@@ -429,7 +442,7 @@ def apply_model_sampling(model: Any, chain: list[CheckedNode], family: str,
     for node in chain:
         model = _call_node(node.node_class, {**node.widgets, **dict.fromkeys(node.model_inputs, model)})[0]
         # Flow models: the shift that results (ModelSamplingFlux derives it from the image size).
-        shift = getattr(compat.model_sampling(model), "shift", None)
+        shift = getattr(model.get_model_object("model_sampling"), "shift", None)
         shown = f"shift {shift:.3g}" if shift is not None else ", ".join(
             f"{name} {value}" for name, value in node.widgets.items())
         family = f"{node.class_type} {shown}".strip()
@@ -454,17 +467,21 @@ def evaluate_sigmas(nodes: list[tuple[str, CheckedNode]], output: tuple[str, int
 
 def sampler_sigmas(model: Any, settings: dict) -> torch.Tensor:
     """The sigmas AMDMSampler (like KSampler) computes for these widget values."""
-    return compat.scheduler_sigmas(model, settings["steps"], settings["sampler_name"],
-                                   settings["scheduler"], settings["denoise"])
+    return comfy.samplers.KSampler(model, steps=settings["steps"], device=model.load_device,
+                                   sampler=settings["sampler_name"], scheduler=settings["scheduler"],
+                                   denoise=settings["denoise"], model_options=model.model_options).sigmas
 
 
-def member_shares(window: range, weights: list[float], target: int, schedule: Schedule,
-                  steps: int) -> list[list[float]]:
-    """Per step, each member's coefficient in the merged latent, as the sampler's plan has it."""
-    rows = [[1.0 if m == target else 0.0 for m in range(len(weights))] for _ in range(steps)]
-    per_step = step_weights(weights, target, schedule.weight_curve, len(window))
-    for row, k in zip(per_step, window):
-        rows[k] = member_coefficients(row, schedule.aggregation).tolist()
+def member_shares(spans: list[Span], windows: dict[int, Any], members: int, steps: int) -> list[list[float]]:
+    """Per step, each member's coefficient in the latent, as the sampler's plan has it: 1
+    for a member alone, its merge coefficient where members aggregate, 0 when inactive."""
+    rows = [[0.0] * members for _ in range(steps)]
+    for span in spans:
+        plan = windows.get(span.steps.start)
+        for j, k in enumerate(span.steps):
+            shares = [1.0] if plan is None else member_coefficients(plan.weights[j], plan.aggregation).tolist()
+            for m, share in zip(span.members, shares):
+                rows[k][m] = share
     return rows
 
 
@@ -498,11 +515,12 @@ def chart(request: ChartRequest, deadline: float) -> dict:
     sigmas = sigmas.float().cpu()
     steps = max(len(sigmas) - 1, 0)
     answer = {"steps": steps, "sigmas": sigmas.tolist(), "window": [steps, steps], "shares": [],
-              "factors": [], "exact": exact, "family": family, "note": note, "problem": None}
+              "ranges": [], "factors": [], "exact": exact, "family": family, "note": note, "problem": None}
 
     weights = request.weights
     try:
         schedule = Schedule(**{name: value for name, value in request.schedule.items() if name in _SCHEDULE_FIELDS})
+        ranges = [member_range(values) for values in request.ranges]
         answer["problem"] = _problem(schedule, weights)
     except ValueError as error:
         answer["problem"] = str(error)
@@ -512,11 +530,21 @@ def chart(request: ChartRequest, deadline: float) -> dict:
             raise ChartError(f"{steps} steps x {len(weights)} members make {steps * len(weights)} shares; "
                              f"the chart sends at most {MAX_CHARTED_SHARES}")
         _check_time(deadline)
-        window = window_for(sigmas.tolist(), compat.model_sampling(model).percent_to_sigma, schedule)
+        percent_to_sigma = model.get_model_object("model_sampling").percent_to_sigma
+        sigma_list = sigmas.tolist()
+        window = steps_in(sigma_list, percent_to_sigma, schedule.window)
         answer["window"] = [window.start, window.stop]
         answer["factors"] = curve_factors(schedule.weight_curve, len(window)).tolist()
         if weights:
-            answer["shares"] = member_shares(window, weights, schedule.target_member - 1, schedule, steps)
+            target = schedule.target_member - 1
+            active = member_steps(sigma_list, percent_to_sigma, ranges, schedule)
+            spans = spans_of(active, steps)
+            errors = range_errors(spans, active, ranges, [f"member {m + 1}" for m in range(len(weights))],
+                                  target, sigma_list, percent_to_sigma)
+            answer["problem"] = "; ".join(errors) or None
+            windows = window_plans(spans, weights, [1.0] * len(weights), target, schedule)
+            answer["ranges"] = [[r.start, r.stop] for r in active]
+            answer["shares"] = member_shares(spans, windows, len(weights), steps)
     return answer
 
 
@@ -598,6 +626,14 @@ def register(routes: web.RouteTableDef) -> None:
     routes.post(ROUTE)(_post_chart)
 
 
-_server = compat.running_prompt_server()
+def _running_prompt_server() -> Optional[Any]:
+    """The PromptServer of a running ComfyUI, to add routes to. main.py creates it before it
+    imports custom nodes; imported any other way (a script, tests in one process) the pack
+    finds none, and importing ComfyUI's `server` module there would start nothing."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
+_server = _running_prompt_server()
 if _server is not None:
     register(_server.routes)
