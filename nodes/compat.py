@@ -145,7 +145,9 @@ def _deep_copy(patcher: Any) -> Optional[Any]:
     module = patcher.model
     current, module.current_patcher = getattr(module, "current_patcher", None), None
     try:
-        copied = copy.deepcopy(module)
+        # The model config is shared, not copied: 0.28's configs answer every missing
+        # attribute (deepcopy's __setstate__ among them) with None.
+        copied = copy.deepcopy(module, {id(module.model_config): module.model_config})
     except Exception as error:  # a loader's module that deepcopy cannot handle
         logger.debug("no copy of %s: %s", type(module).__name__, error)
         return None

@@ -21,6 +21,9 @@ from . import comfy_env, fixture_models
 logger = logging.getLogger(__name__)
 
 PACK_NODE_PROBE = "AMDMSampler"  # present in /object_info only if the pack imported
+# Test-only nodes beside the pack: attention patches written the way other packs write theirs.
+PATCH_NODES = "amdm_test_patch_nodes"
+PATCH_NODES_DIR = Path(__file__).resolve().parent / "patch_nodes"
 
 
 class ComfyServerError(RuntimeError):
@@ -65,9 +68,10 @@ class ComfyServer:
                        self.base_dir / "temp", self.base_dir / "user"):
             folder.mkdir(parents=True, exist_ok=True)
         fixture_models.populate_models_dir(self.models_dir)
-        pack_link = self.custom_nodes_dir / comfy_env.PACK_DIR_NAME
-        if not pack_link.is_symlink():
-            pack_link.symlink_to(comfy_env.REPO_ROOT, target_is_directory=True)
+        for name, source in ((comfy_env.PACK_DIR_NAME, comfy_env.REPO_ROOT), (PATCH_NODES, PATCH_NODES_DIR)):
+            link = self.custom_nodes_dir / name
+            if not link.is_symlink():
+                link.symlink_to(source, target_is_directory=True)
 
         command = [
             sys.executable, "main.py", *comfy_env.COMFY_TEST_FLAGS,
