@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
-from support.comfy_env import PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes
+from support.comfy_env import PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes, run_node
 from support.comfy_server import ComfyServer
 from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
@@ -688,7 +688,8 @@ def test_chart_shows_member_ranges_and_handoffs(session: FrontendSession, pack, 
     soft_image = page.node_image(schedule, "ranges_soft.png")
     assert colour_pixels(soft_image, WINDOW_RGB, 12) > 30  # the overlap's bracket
 
-    # Ranges from AMDM Expert Boundary are computed when the graph runs: the chart says so.
+    # Ranges fed by AMDM Expert Boundary: the route runs the node on the target's model, as the
+    # graph will when it runs.
     page.page.evaluate("""([first, second]) => {
         const boundary = LiteGraph.createNode("AMDMExpertBoundary");
         boundary.pos = [400, 1000];
@@ -699,9 +700,12 @@ def test_chart_shows_member_ranges_and_handoffs(session: FrontendSession, pack, 
         boundary.connect(0, stack, "end_percent");
         boundary.connect(1, app.graph.getNodeById(second), "start_percent");
     }""", [first, second])
-    computed = page.chart_view(schedule)
-    assert computed["exact"] is False
-    assert [(field["member"], field["name"]) for field in computed["computed"]] == [(0, "end_percent"), (1, "start_percent")]
+    fed = page.chart_view(schedule)
+    end, start = run_node("AMDMExpertBoundary", model=sd15.model, preset="Wan 2.2 T2V (0.875)", boundary=0.875,
+                          unit="timestep", overlap=0.0)
+    plan = sampler_plan(fed, [StepRange(0.0, end), StepRange(start, 1.0)])
+    assert fed["computed"] == [] and fed["problem"] is None
+    assert fed["ranges"] == [[r.start, r.stop] for r in plan.active] and len(plan.stages) == 2
 
 
 def test_badges_follow_a_renderer_switch(browser: Browser, current_frontend_server: ComfyServer) -> None:

@@ -7,6 +7,7 @@ const CONSUMER_TYPES = new Set(["AMDMSampler", "AMDMGuider"]);
 const SAMPLER_WIDGETS = ["steps", "scheduler", "sampler_name", "denoise"];
 // ModelStack's widgets of a member's own range of steps (the route's member fields).
 const RANGE_WIDGETS = ["start_percent", "end_percent", "start_step", "end_step"];
+const BOUNDARY_NODE_TYPE = "AMDMExpertBoundary";
 // ModelStack's widgets the legend and the badges show, besides its range.
 const MEMBER_WIDGETS = ["name", "weight", "deviation"];
 // Core nodes whose one widget is the value they output; a range input they feed is known here.
@@ -112,15 +113,18 @@ export function memberInfo(stackNode) {
 
 /**
  * A member's range field: the widget's value, or the value of the primitive node feeding it
- * when the widget was made an input. Another node feeding it (AMDMExpertBoundary) computes
- * its value only when the graph runs: `computedBy` names it, and the chart takes the
- * widget's value instead.
+ * when the widget was made an input. An AMDMExpertBoundary node feeding it is sent to the
+ * route, which runs it on the target's model (`boundary`). Another node computes its value
+ * only when the graph runs: `computedBy` names it, and the chart takes the widget's value.
  */
 function rangeField(stackNode, name) {
   const source = inputSource(stackNode, name);
   const own = widgetValue(stackNode, name);
   if (!source) return { value: own };
   if (VALUE_NODE_TYPES.has(source.node.type)) return { value: source.node.widgets?.[0]?.value, feeder: source.node };
+  if (source.node.type === BOUNDARY_NODE_TYPE) {
+    return { boundary: { boundary: widgetValues(source.node), output: source.slot }, feeder: source.node };
+  }
   return { value: own, computedBy: source.node, feeder: source.node };
 }
 
@@ -133,7 +137,8 @@ function readMember(stackNode) {
     const field = rangeField(stackNode, name);
     // Only numbers: the route checks each field against ModelStack's declaration, and a
     // missing field is its default.
-    if (typeof field.value === "number" && Number.isFinite(field.value)) request[name] = field.value;
+    if (field.boundary) request[name] = field.boundary;
+    else if (typeof field.value === "number" && Number.isFinite(field.value)) request[name] = field.value;
     if (field.computedBy) computed.push({ name, nodeId: field.computedBy.id, nodeTitle: field.computedBy.title });
     if (field.feeder) feeders.push(field.feeder);
   }
