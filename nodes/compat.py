@@ -355,8 +355,8 @@ def discrete_sampling_model() -> Any:
 # --- declared support -----------------------------------------------------------------------
 
 # The ComfyUI versions this pack declares (pyproject.toml [tool.comfy] requires-comfyui):
-# run and tested on the lowest; the newest read from its sources.
-SUPPORTED_COMFYUI = ">=0.3.64,<0.39"
+# run and tested on both ends.
+SUPPORTED_COMFYUI = ">=0.3.64,<=0.28.0"
 _COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
             "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 

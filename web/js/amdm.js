@@ -619,7 +619,7 @@ function refreshOnWidgetChange(node) {
 }
 
 app.registerExtension({
-  name: "comfyui-amdm.GraphView",
+  name: "amdmaggregationofmultiplediffusionmodels.GraphView",
   setup() {
     // The workflow's change tracker: links, undo, pasted nodes.
     api.addEventListener("graphChanged", refreshGraphView);
