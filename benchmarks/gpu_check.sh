@@ -80,7 +80,7 @@ prepare() {
         --exclude="$(basename "$comfy_dir")/output" --exclude="$(basename "$comfy_dir")/user" \
         --exclude="$(basename "$comfy_dir")/custom_nodes" \
         --transform="s|^$(basename "$comfy_dir")|ComfyUI-$comfy_version|" "$(basename "$comfy_dir")" \
-        | xz -9 -T0 > "$comfy_archive"
+        | xz -8 -T1 > "$comfy_archive"
     for name in "${PACKAGES[@]}"; do
         version="$("$python" -c 'import sys; from importlib import metadata; print(metadata.version(sys.argv[1]))' "$name")" \
             || fail "$name is not installed here: run bash scripts/setup.sh"
@@ -93,8 +93,8 @@ prepare() {
     "$python" -m pip install --disable-pip-version-check --quiet --no-deps --no-index --no-compile \
         --only-binary=:all: --python-version 3.12 --implementation cp "${platform_options[@]}" \
         --target "$scratch/site" "$scratch"/wheels/*.whl
-    log "compressing them into $site_archive (xz -9: a few minutes)"
-    tar -C "$scratch/site" -cf - . | xz -9 -T0 > "$site_archive"
+    log "compressing them into $site_archive (xz -8: a few minutes)"
+    tar -C "$scratch/site" -cf - . | xz -8 -T1 > "$site_archive"
     local tree_bytes carried_bytes
     tree_bytes="$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1)"
     carried_bytes="$(du -cb "$comfy_archive" "$site_archive" | tail -n 1 | cut -f1)"
