@@ -178,8 +178,9 @@ def _deep_copy(patcher: Any) -> Optional[Any]:
 
 # --- declared support -----------------------------------------------------------------------
 
-# The ComfyUI releases this pack declares (pyproject.toml [tool.comfy] requires-comfyui).
-SUPPORTED_COMFYUI = ">=0.3.64,<0.39"
+# The ComfyUI releases this pack declares (pyproject.toml [tool.comfy] requires-comfyui):
+# run and tested on both ends.
+SUPPORTED_COMFYUI = ">=0.3.64,<=0.28.0"
 _COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
             "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
