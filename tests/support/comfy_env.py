@@ -346,11 +346,15 @@ def _pack_mappings() -> dict[str, type]:
 
 def run_node(class_type: str, **inputs: Any) -> tuple:
     """Call a node's FUNCTION with keyword inputs (no hidden inputs, no list expansion) and
-    return its output tuple."""
+    return its output tuple; under torch.inference_mode(), as ComfyUI's executor runs nodes
+    (a tensor made in inference mode, cached by one node, cannot enter autograd in another)."""
+    import torch
+
     cls = node_class(class_type)
-    result = getattr(cls(), cls.FUNCTION)(**inputs)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+    with torch.inference_mode():
+        result = getattr(cls(), cls.FUNCTION)(**inputs)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
     if isinstance(result, dict):  # V1 output node: {"ui": ..., "result": (...)}
         result = result.get("result", ())
     elif not isinstance(result, tuple) and hasattr(result, "result"):  # V3 io.NodeOutput
