@@ -190,7 +190,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def in_supported_range(version: str, spec: str = SUPPORTED_COMFYUI) -> bool:
-    """Whether ``version`` satisfies every clause of ``spec`` (">=0.3.64,<0.39")."""
+    """Whether ``version`` satisfies every clause of ``spec`` (">=0.3.64,<=0.28.0")."""
     for clause in spec.split(","):
         operator, bound = re.match(r"\s*([<>=]=?)\s*(\S+)", clause).groups()
         if not _COMPARE[operator](_version_tuple(version), _version_tuple(bound)):
