@@ -178,10 +178,12 @@ def resident_models(members: Sequence[Member], target: int, spans: Sequence[Any]
         member = members[i]
         sharing = [j for j in placed if frozenset((i, j)) in pairs and
                    shares_weights_storage(member.model, members[j].model)]
-        # A member with the same weights and options as one already placed runs where it
-        # does (on the shared module, or on that member's copy).
+        # A member with the same weights as one already placed runs where it does: on the
+        # shared module (whatever its options: they are the patcher's, not the module's), or
+        # on that member's copy when the options are the same too.
         twin = next((j for j in sharing if _same_weights(member, members[j]) and
-                     same_model_options(member.model, members[j].model)), None)
+                     (models[j] is members[j].model or
+                      same_model_options(member.model, members[j].model))), None)
         placed.append(i)
         if not sharing:
             continue

@@ -284,10 +284,12 @@ def test_batch_items_do_not_interact_and_follow_batch_index(amdm, model_a, model
 
 
 def test_progress_reports_every_step_once_and_interrupt_stops_the_window(comfy, amdm, model_a,
-                                                                         model_b, prompts):
+                                                                         model_b, prompts, monkeypatch):
     import comfy.model_management
     import comfy.utils
     Member, Schedule = amdm
+    # ComfyUI 0.28 sends at most one update per 0.1 s to the hook: every update counts here.
+    monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
     updates = []
     comfy.utils.set_progress_bar_global_hook(
         lambda value, total, preview, node_id=None: updates.append((value, total)))
