@@ -58,8 +58,13 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1) + "\n")
 
 
-# Display colours of the four channel patterns (task.COLOUR_NAMES order).
-PALETTE = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.3, 0.4, 1.0]])
+# Display colours of the four channel patterns (task.COLOUR_NAMES order), in 8-bit levels.
+PALETTE = torch.tensor([[255, 255, 255], [255, 51, 51], [51, 230, 51], [77, 102, 255]])
+# Latents are rounded to multiples of 1 / LATENT_QUANTUM (a power of two: the scaling is
+# exact) and rendered in integer arithmetic, so the pixels are a function of the rounded
+# latents alone: float sums taken in another order (other CPU kernels) cannot move a value
+# lying on a rounding boundary by one level.
+LATENT_QUANTUM = 2 ** 12
 FONT_SIZE = 13
 BACKGROUND = (40, 40, 40)
 TEXT = (230, 230, 230)
@@ -70,10 +75,14 @@ def font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
 
 
 def latent_to_rgb(latents: torch.Tensor) -> torch.Tensor:
-    """[B, GRID, GRID, 3] in [0, 1]: each channel pattern maps to its palette colour
-    (the patterns are orthogonal with squared norm 4, so x @ COLOURS.T / 4 reads them out)."""
-    weights = torch.einsum("bchw,kc->bhwk", latents.float(), task.COLOURS) / task.CHANNELS
-    return (weights @ PALETTE).clamp(0.0, 1.0)
+    """[B, GRID, GRID, 3] 8-bit levels: each channel pattern maps to its palette colour (the
+    patterns are orthogonal with squared norm CHANNELS, so x @ COLOURS.T / CHANNELS reads
+    them out), computed exactly in integers from the latents rounded to 1 / LATENT_QUANTUM."""
+    fixed = (latents.float() * LATENT_QUANTUM).round().long()
+    pattern_weights = (fixed[:, None] * task.COLOURS.long()[None, :, :, None, None]).sum(dim=2)
+    scaled = (pattern_weights[..., None] * PALETTE[None, :, None, None, :]).sum(dim=1)
+    divisor = task.CHANNELS * LATENT_QUANTUM
+    return torch.div(scaled + divisor // 2, divisor, rounding_mode="floor").clamp(0, 255).to(torch.uint8)
 
 
 def wrap(text: str, width: int, face: ImageFont.FreeTypeFont) -> list[str]:
@@ -102,7 +111,7 @@ def sample_grid(rows: list[tuple[str, torch.Tensor]], path: Path, pixel: int = 6
     for (_, latents), lines, height in zip(rows, labels, heights):
         for index, line in enumerate(lines):
             draw.text((4, top + 2 + index * line_height), line, fill=TEXT, font=face)
-        rgb = (latent_to_rgb(latents[:columns]) * 255).round().to(torch.uint8).numpy()
+        rgb = latent_to_rgb(latents[:columns]).numpy()
         for column in range(columns):
             picture = Image.fromarray(rgb[column]).resize((tile, tile), Image.NEAREST)
             image.paste(picture, (label_width + column * (tile + 2) + 1, top + 1))
