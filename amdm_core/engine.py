@@ -1,4 +1,4 @@
-"""The aggregation window as a loop over per-member step callables.
+"""An aggregated span as a loop over per-member step callables.
 
 The engine knows nothing of the sampler behind a step: a member's step callable takes the
 member's current latent and the step index k and returns its proposal for step k + 1. How
@@ -26,38 +26,43 @@ def one_after_another(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor]
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """What the window does at each of its steps.
+    """What an aggregated span does at each of its steps.
 
-    weights and deviation are ``[len(steps), N]``; deviation holds each member's
-    strength (r for 'relative', p for 'absolute').
+    ``members`` are the active members (stack indices); weights and deviation are
+    ``[len(steps), len(members)]``; deviation holds each member's strength (r for
+    'relative', p for 'absolute').
     """
 
     steps: range
+    members: tuple[int, ...]
     weights: torch.Tensor
     deviation: torch.Tensor
     aggregation: str
     deviation_mode: str
 
     def to(self, device: torch.device) -> "WindowPlan":
-        return WindowPlan(self.steps, self.weights.to(device), self.deviation.to(device),
+        return WindowPlan(self.steps, self.members, self.weights.to(device), self.deviation.to(device),
                           self.aggregation, self.deviation_mode)
 
 
 def aggregation_step(proposals: torch.Tensor, weights: torch.Tensor, deviation: torch.Tensor,
-                     plan: WindowPlan) -> list[torch.Tensor]:
-    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate; each
-    member's next latent. Without deviation every member continues from the merged latent
-    itself, one tensor, so that a caller can see which members share their state."""
+                     plan: WindowPlan) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One AMDM step on stacked proposals ``[N, B, ...]``: aggregate, then deviate. Returns
+    the merged latent and each member's next latent. Without deviation every member
+    continues from the merged latent itself, one tensor, so that a caller can see which
+    members share their state."""
     merged = aggregate(proposals, weights, plan.aggregation)
     if plan.deviation_mode == "none":
-        return [merged] * proposals.shape[0]
-    return list(deviate(merged, proposals, deviation, plan.deviation_mode).unbind(0))
+        return merged, [merged] * proposals.shape[0]
+    return merged, list(deviate(merged, proposals, deviation, plan.deviation_mode).unbind(0))
 
 
 def run_window(states: Sequence[torch.Tensor], step_fns: Sequence[StepFn], plan: WindowPlan,
-               map_steps: StepMap = one_after_another) -> list[torch.Tensor]:
-    """Advance every member through the window; returns each member's latent after it."""
+               map_steps: StepMap = one_after_another) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Advance the span's members through its steps; returns the last merged latent and
+    each member's latent after the span."""
+    merged = states[0]
     for j, k in enumerate(plan.steps):
         proposals = torch.stack(map_steps(step_fns, states, k))
-        states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan)
-    return list(states)
+        merged, states = aggregation_step(proposals, plan.weights[j], plan.deviation[j], plan)
+    return merged, list(states)

@@ -1,33 +1,44 @@
 """AMDM inside ComfyUI's own sampler loop.
 
-AMDMGuider is a CFGGuider for the target member. Its sample() hands ComfyUI a KSAMPLER
-whose function drives the user's sampler in segments: the target alone before the window,
-all members one step at a time inside it (aggregated by amdm_core), the target alone
-after it. Noise scaling, inpainting, CFG, patches, hooks, model loading and the progress
-callback all stay ComfyUI's.
+AMDMGuider is a GUIDER for SamplerCustomAdvanced (and AMDMSampler). For the sigmas it is
+given it plans the run (amdm_core.plan): each member's steps, the spans where one member
+steps alone or several aggregate, the stages between hard handoffs. It then drives the
+members as ComfyUI's own samplers would:
 
-Member lifetimes: every other member runs inside a stock CFGGuider.sample call of its own,
-which prepares its conds, hooks, ControlNets and model and releases them when it returns.
-Those calls are opened one inside the other (members in stack order) and closed in
-reverse, so that all members are live during the window; each member's state while live is
-a MemberSession.
+- a stage that is one member alone is one call of the user's SAMPLER on that member, as one
+  KSamplerAdvanced call of a chain; the latent passes to the next stage as a LATENT;
+- any other stage steps the user's k-diffusion sampler function: whole segments where one
+  member is alone, one step at a time where several aggregate (amdm_core.run_window).
+
+Each member is a MemberSession, prepared when its range begins and released when it ends,
+by one owner (_Run), in a flat list: a finished member's weights go back to ComfyUI's model
+management before a later member loads. Complete, interrupted and failed runs release every
+open session in one place. With one member active at every step the run is ComfyUI's own
+CFGGuider.sample, bit for bit.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..amdm_core import (Schedule, StepFn, StepMap, WindowPlan, compensated_cfg, derive_seed,
-                         guidance_factors, one_after_another, progress_of, run_window,
-                         step_weights, window_for)
+import comfy.cli_args
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+
+from ..amdm_core import (Schedule, Span, Stage, StepFn, StepMap, WindowPlan, compensated_cfg,
+                         derive_seed, guidance_factors, member_steps, one_after_another, progress_of,
+                         range_errors, run_window, spans_of, stages_of, window_plans)
 from . import compat, samplers
 from .members import Member, check_members, member_label
-from .sharing import SharedEvaluation, resident_models, switch_weights
+from .sessions import MemberSession, load_together, whole_run_wrappers
+from .sharing import SharedEvaluation, resident_models, shares_weights_storage, switch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +49,26 @@ Callback = Callable[[dict], None]
 
 
 class SamplerDrive:
-    """The user's KSAMPLER as AMDM drives it: whole segments and single window steps."""
+    """The user's SAMPLER as AMDM drives it: whole segments and single window steps of its
+    k-diffusion function."""
 
     def __init__(self, sampler: Any):
-        self.function, self.options, _ = compat.sampler_parts(sampler)
+        if not (isinstance(sampler, comfy.samplers.KSAMPLER) and type(sampler).sample is comfy.samplers.KSAMPLER.sample):
+            raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
+                            f"step at a time where members aggregate; {type(sampler).__name__} "
+                            f"cannot be driven so")
+        self.sampler = sampler
+        self.function = sampler.sampler_function
+        self.options = sampler.extra_options
         self.name = samplers.sampler_name_of(self.function)
         self.behaviour = samplers.SAMPLERS.get(self.name) if self.name else None
         if self.behaviour is not None and self.behaviour.drive == samplers.REFUSED:
             raise ValueError(samplers.refusal(self.name))
         single = self.behaviour.single_step_sampler if self.behaviour else None
-        self.single_step_function = compat.sampler_function(single) if single else self.function
+        self.single_step_function = comfy.samplers.ksampler(single).sampler_function if single else self.function
         self.probed = self.behaviour is not None
 
-    def probe(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor,
-              extra_args: dict) -> None:
+    def probe(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict) -> None:
         """A sampler the table does not know is driven one step per call only if a one-step
         call demonstrably uses the model: run it on one step against two stand-in models
         (the denoised prediction 0 and x / 2) and require different results."""
@@ -70,12 +87,11 @@ class SamplerDrive:
                              f"one step at a time; use {samplers.SUGGESTED}")
         logger.info("sampler function '%s' is not in AMDM's sampler table; a one-step call "
                     "uses the model (%d evaluations), so it is driven one step per call "
-                    "(any multistep history restarts at each window step)", name,
-                    evaluations[1])
+                    "(any multistep history restarts at each window step)", name, evaluations[1])
         self.probed = True
 
     def run(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict,
-            callback: Optional[Callback], seed: int) -> torch.Tensor:
+            callback: Optional[Callback], seed: Optional[int]) -> torch.Tensor:
         """The sampler over ``sigmas`` (any number of steps) in one call, no console bar."""
         function = self.single_step_function if len(sigmas) < 3 else self.function
         return function(model_k, x, sigmas, extra_args={**extra_args, "seed": seed},
@@ -106,172 +122,304 @@ def _offset_callback(callback: Optional[Callback], offset: int) -> Optional[Call
     return lambda info: callback({**info, "i": info["i"] + offset})
 
 
-class MemberSession:
-    """A member whose CFGGuider.sample is in progress: conds processed, model loaded.
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does over its sigmas: each member's steps, its spans and stages, and a
+    WindowPlan for every aggregated span (keyed by its first step)."""
 
-    The member steps on its own model's device: a latent handed to it is moved there and
-    its proposal goes back to the target's device, where aggregation runs.
-    """
+    active: list[range]
+    spans: list[Span]
+    stages: list[Stage]
+    windows: dict[int, WindowPlan]
 
-    def __init__(self, guider: Any, model_k: Any, x_start: torch.Tensor, extra_args: dict,
-                 sigmas: torch.Tensor):
-        self.guider = guider
-        self.model_k = model_k
-        self.x_start = x_start
-        self.extra_args = extra_args
-        self.device = x_start.device
-        self.sigmas = sigmas.to(self.device)
-        # What ComfyUI reserved when it first loaded this member, for reloads in the window.
-        self.memory_required, self.minimum_memory_required = \
-            compat.estimate_memory(guider, x_start.shape)
-
-    def activate(self) -> None:
-        """Make this member's weights the live ones before evaluating it (members that are
-        clones of one checkpoint share its torch module; a reload reserves what ComfyUI's
-        own sampling reserves). For members on distinct models, two identity checks."""
-        compat.ensure_loaded(self.guider, self.memory_required, self.minimum_memory_required)
+    @property
+    def aggregates(self) -> bool:
+        return bool(self.windows)
 
 
 class _Run:
-    """State of one AMDMGuider.sample call."""
+    """One AMDMGuider.sample call: the owner of every member session."""
 
-    def __init__(self, guider: "AMDMGuider", drive: SamplerDrive, inpaint_options: dict,
-                 models: Sequence[Any], noise: torch.Tensor, latent_image: torch.Tensor,
-                 denoise_mask: Optional[torch.Tensor], seed: Optional[int],
+    def __init__(self, guider: "AMDMGuider", plan: RunPlan, sampler: Any, models: Sequence[Any],
+                 noise: torch.Tensor, latent_image: torch.Tensor, denoise_mask: Optional[torch.Tensor],
+                 sigmas: torch.Tensor, callback: Any, seed: Optional[int],
                  batch_index: Optional[Sequence[int]]):
         self.guider = guider
+        self.members = guider.members
+        self.schedule = guider.schedule
+        self.target = guider.target_index
+        self.plan = plan
+        self.sampler = sampler
+        # Stages of one member alone call the user's SAMPLER (any SAMPLER, as a chain would);
+        # the others step its k-diffusion function.
+        self.drive = SamplerDrive(sampler) if plan.aggregates else None
         self.models = models
-        self.drive = drive
-        self.inpainting = inpaint_options
         self.noise = noise
         self.latent_image = latent_image
         self.denoise_mask = denoise_mask
+        self.sigmas = sigmas
+        self.user_callback = callback
+        self.raw_seed = seed
         self.seed = 0 if seed is None else seed
         self.batch_index = batch_index
         self.sessions: dict[int, MemberSession] = {}
+        self.finished: list[MemberSession] = []  # released, weights not yet given back
+        self.closed: set[int] = set()
+        # Member previews cost a concatenation per step, only where previews are shown.
+        self.tiles = guider.member_previews and callback is not None and \
+            comfy.cli_args.args.preview_method != comfy.cli_args.LatentPreviewMethod.NoPreviews
 
-    def step_seed(self, *keys: int) -> int:
-        return derive_seed(self.seed, *keys)
+    # --- sessions: one owner, a flat list
+
+    def open(self, index: int, noise: torch.Tensor, latent: torch.Tensor, sigmas: torch.Tensor,
+             seed: Optional[int]) -> MemberSession:
+        """Prepare member ``index``, after giving back the weights of finished members that
+        no open or later member uses."""
+        self.give_back_finished()
+        member = self.members[index]
+        # A clone of its own: the member's guider registers (and restores) hook patches on
+        # its patcher, which must never be another member's, even for the very same MODEL.
+        member_guider = comfy.samplers.CFGGuider(self.models[index].clone())
+        member_guider.set_conds(member.positive, member.negative)
+        member_guider.set_cfg(member.cfg)
+        session = MemberSession(member_guider, member_label(index, member.name))
+        self.sessions[index] = session
+        logger.debug("preparing %s", session.label)
+        session.prepare(noise, latent, sigmas, self.denoise_mask, seed)
+        return session
+
+    def close(self, index: int) -> None:
+        self.closed.add(index)
+        session = self.sessions.pop(index)
+        session.release(keep_controls=set().union(*(s.controls() for s in self.sessions.values())))
+        self.finished.append(session)
+        if comfy.model_management.vram_state in (comfy.model_management.VRAMState.LOW_VRAM,
+                                                 comfy.model_management.VRAMState.NO_VRAM):
+            self.give_back_finished()  # where memory is short, at once
+
+    def give_back_finished(self) -> None:
+        """Unload the weights of finished members that no open or later member uses (their
+        memory goes back to ComfyUI's model management)."""
+        in_use = [s.patcher for s in self.sessions.values()] + \
+            [self.models[i] for i in range(len(self.members)) if i not in self.sessions and i not in self.closed]
+        kept = []
+        for session in self.finished:
+            if any(shares_weights_storage(session.patcher, other) for other in in_use):
+                kept.append(session)
+            else:
+                compat.unload(session.patcher)
+        self.finished = kept
+
+    def close_all(self) -> None:
+        for index in reversed(list(self.sessions)):
+            self.close(index)
+
+    # --- the run
+
+    def sample(self, disable_pbar: bool) -> torch.Tensor:
+        n_steps = len(self.sigmas) - 1
+        latent = self.latent_image
+        try:
+            # One console progress bar for the whole run: every sampler call below is silent.
+            with tqdm(total=n_steps, disable=disable_pbar) as bar:
+                def on_step(info: dict) -> None:
+                    bar.update(1)
+                    if self.user_callback is not None:
+                        self.user_callback(info["i"], info["denoised"], info["x"], n_steps)
+
+                for number, stage in enumerate(self.plan.stages):
+                    # Later stages continue a LATENT, as KSamplerAdvanced with add_noise
+                    # disabled does: zero noise (its own, on the CPU) and the previous output.
+                    noise = self.noise if number == 0 else \
+                        torch.zeros(latent.size(), dtype=latent.dtype, layout=latent.layout, device="cpu")
+                    sigmas = self.sigmas[stage.steps.start:stage.steps.stop + 1]
+                    run = self.single_stage if stage.single else self.stepped_stage
+                    latent = run(stage, noise, latent, sigmas, _offset_callback(on_step, stage.steps.start))
+            return latent
+        finally:
+            self.close_all()
+
+    def single_stage(self, stage: Stage, noise: torch.Tensor, latent: torch.Tensor,
+                     sigmas: torch.Tensor, callback: Callback) -> torch.Tensor:
+        """One member alone: one call of the user's SAMPLER, as a KSamplerAdvanced stage."""
+        [index] = stage.spans[0].members
+        session = self.open(index, noise, latent, sigmas, self.raw_seed)
+        samples = session.sample(self.sampler, lambda i, denoised, x, total: callback(
+            {"i": i, "denoised": denoised, "x": x}), disable_pbar=True)
+        self.close(index)
+        return samples
+
+    def stepped_stage(self, stage: Stage, noise: torch.Tensor, latent: torch.Tensor,
+                      sigmas: torch.Tensor, callback: Callback) -> torch.Tensor:
+        """Spans of one member run as segments of the sampler function, aggregated spans
+        one step at a time; the latent carries over from span to span."""
+        first = stage.steps.start
+        leaving = self.leaving(stage)
+        states = self.start_states(stage.spans[0], noise, latent, sigmas)
+        carried = states[stage.spans[0].members[0]]
+        for number, span in enumerate(stage.spans):
+            for index in span.members:
+                if index not in self.sessions:  # joins from the carried latent
+                    self.open(index, noise, latent, sigmas, self.seed_of(index, span)).start(self.sampler)
+            local = range(span.steps.start - first, span.steps.stop - first)
+            if span.aggregated:
+                carried, after = self.aggregate(span, local, states, carried, callback)
+                states = dict(zip(span.members, after))
+            else:
+                [index] = span.members
+                session = self.sessions[index]
+                session.activate()
+                carried = self.drive.run(session.model_k, states.get(index, carried),
+                                         session.sigmas[local.start:local.stop + 1], session.extra_args,
+                                         _offset_callback(callback, local.start),
+                                         self.segment_seed(span, number))
+                states = {index: carried}
+            for index in span.members:
+                if self.plan.active[index].stop == span.steps.stop and index != leaving:
+                    self.close(index)
+        out = self.sessions[leaving].finish(states[leaving])
+        self.close(leaving)
+        return out
+
+    def leaving(self, stage: Stage) -> int:
+        """The member whose latent leaves the stage: the last span's, the target at the end."""
+        last = stage.spans[-1]
+        return last.members[0] if not last.aggregated else self.target
+
+    def seed_of(self, index: int, span: Span) -> Optional[int]:
+        """The seed a member is prepared with (its conds' and the sampler's default): the
+        run's for the target and for the member that starts the run from its noise, a
+        derived one for the others."""
+        primary = self.target if self.target in span.members else span.members[0]
+        return self.raw_seed if index in (self.target, primary) else derive_seed(self.seed, NOISE_STREAM, index)
+
+    def segment_seed(self, span: Span, number: int) -> Optional[int]:
+        """The first segment of a stage draws the run's seed (as KSampler and each stage of
+        a KSamplerAdvanced chain do); a segment after an aggregated span draws from a stream
+        of its own (the first of them as it always has, later ones per step)."""
+        if number == 0:
+            return self.raw_seed
+        later = [k for k in self.plan.windows if k < span.steps.start]
+        return derive_seed(self.seed, TAIL_STREAM, *([span.steps.start] if len(later) > 1 else []))
+
+    def start_states(self, span: Span, noise: torch.Tensor, latent: torch.Tensor,
+                     sigmas: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The members of a stage's first span start from noise: the target (else the first
+        of them) from the stage's, the others from their own (independent noise) or from
+        the very same latent (shared noise)."""
+        primary = self.target if self.target in span.members else span.members[0]
+        x = self.open(primary, noise, latent, sigmas, self.raw_seed).start(self.sampler)
+        states = {primary: x}
+        for index in span.members:
+            if index != primary:
+                own = self.open(index, self.member_noise(index, noise), latent, sigmas,
+                                self.seed_of(index, span)).start(self.sampler)
+                states[index] = x if self.schedule.noise_mode == "shared" else own
+        return states
+
+    def member_noise(self, index: int, noise: torch.Tensor) -> torch.Tensor:
+        """Independent noise per member derived from the seed, unless shared or disabled
+        (all-zero noise, as DisableNoise gives). Drawn as KSampler draws the target's, so
+        a latent's batch_index selects the same noise item for every member."""
+        if self.schedule.noise_mode == "shared" or not torch.any(noise):
+            return noise
+        return comfy.sample.prepare_noise(noise, derive_seed(self.seed, NOISE_STREAM, index),
+                                          self.batch_index).to(noise.device)
+
+    # --- aggregated spans
+
+    def aggregate(self, span: Span, local: range, states: dict[int, torch.Tensor],
+                  carried: torch.Tensor, callback: Callback) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every member of the span steps, amdm_core merges; the last merge and each
+        member's latent after the span. Aggregation runs on the target's device (else the
+        first member's)."""
+        plan = self.plan.windows[span.steps.start]
+        members = [self.members[m] for m in span.members]
+        sessions = [self.sessions[m] for m in span.members]
+        lead = span.members.index(self.target) if self.target in span.members else 0
+        home = sessions[lead].device
+        start = [states.get(m, carried).to(home) for m in span.members]
+        shared = SharedEvaluation(sessions, [self.models[m] for m in span.members], members,
+                                  self.denoise_mask is not None)
+        factors = guidance_factors(plan.weights, plan.aggregation, self.schedule.guidance)
+        cfgs = [[compensated_cfg(member.cfg, factor) for member in members] for factor in factors.tolist()]
+
+        def set_cfgs(k: int) -> None:
+            """Every member's CFG scale for window step k, set before any member steps
+            (a batched evaluation reads the scales of all the members it serves)."""
+            for session, cfg in zip(sessions, cfgs[k - span.steps.start]):
+                session.set_cfg(cfg)
+
+        offset = span.steps.start - local.start  # global step = local step + offset
+        reports: dict[int, dict] = {}
+        step_fns = [self.step_function(session, shared.window_args(i, session.extra_args),
+                                       lambda info, i=i: reports.__setitem__(i, info), set_cfgs, offset, home,
+                                       span.members[i])
+                    for i, session in enumerate(sessions)]
+        self.drive.probe(sessions[lead].model_k, start[lead], sessions[lead].sigmas[local.start:],
+                         sessions[lead].extra_args)
+
+        def stepped_and_reported(map_steps: StepMap) -> StepMap:
+            """Progress and preview once per step, after every member stepped: the lead
+            member's, or every member's prediction side by side (in stack order)."""
+            def step_all(step_fns_: Sequence[StepFn], states_: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+                reports.clear()
+                proposals = map_steps(step_fns_, states_, k)
+                if lead in reports:
+                    denoised = torch.cat([reports[i]["denoised"].to(home) for i in range(len(sessions))], dim=-1) \
+                        if self.tiles else reports[lead]["denoised"]
+                    callback({**reports[lead], "i": k - offset, "denoised": denoised})
+                return proposals
+            return step_all
+
+        try:
+            with self.stepping(sessions, span.members, shared) as map_steps:
+                return run_window(start, step_fns, plan.to(home), stepped_and_reported(map_steps))
+        finally:
+            for member, session in zip(members, sessions):
+                session.set_cfg(member.cfg)  # a member that goes on does so at its own scale
 
     def window_step_seed(self, index: int, k: int) -> int:
         """Shared noise: every member draws the same stochastic noise at step k, so that
         averaging their steps keeps its level; independent: each member its own."""
-        if self.guider.schedule.noise_mode == "shared":
-            return self.step_seed(STEP_STREAM, k)
-        return self.step_seed(STEP_STREAM, index, k)
+        if self.schedule.noise_mode == "shared":
+            return derive_seed(self.seed, STEP_STREAM, k)
+        return derive_seed(self.seed, STEP_STREAM, index, k)
 
-    def segment(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, first: int,
-                stop: int, extra_args: dict, callback: Optional[Callback],
-                seed: int) -> torch.Tensor:
-        """The user's sampler from step ``first`` to step ``stop`` in one call."""
-        if first == stop:
-            return x
-        return self.drive.run(model_k, x, sigmas[first:stop + 1], extra_args,
-                              _offset_callback(callback, first), seed)
-
-    def trajectory(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor,
-                   extra_args: dict, callback: Optional[Callback] = None,
-                   disable: bool = False) -> torch.Tensor:
-        """Called by KSAMPLER.sample with the target's noise-scaled start latent."""
-        n_steps = len(sigmas) - 1
-        window = self.guider.window(sigmas)
-        if window:
-            self.drive.probe(model_k, x, sigmas, extra_args)
-        # One console progress bar for the whole run: every sampler call below is silent.
-        with tqdm(total=n_steps, disable=disable) as bar:
-            def on_step(info: dict) -> None:
-                bar.update(1)
-                if callback is not None:
-                    callback(info)
-
-            seed = extra_args.get("seed", self.seed)
-            x = self.segment(model_k, x, sigmas, 0, window.start, extra_args, on_step, seed)
-            if not window:
-                return x
-            target = self.guider.target_index
-            self.sessions[target] = MemberSession(self.guider, model_k, x, extra_args, sigmas)
-            others = [i for i in range(len(self.guider.members)) if i != target]
-            # Members joining after step 0 start from the target's latent: no noise of their own.
-            x = self.with_sessions(others, sigmas, own_noise=window.start == 0,
-                                   body=lambda: self.aggregate(window, on_step))
-            self.sessions[target].activate()
-            # A ControlNet wired into several members is one object: the members' cleanup
-            # just reset it, so it is prepared again for the target.
-            compat.prepare_controls_again(self.guider)
-            return self.segment(model_k, x, sigmas, window.stop, n_steps, extra_args, on_step,
-                                self.step_seed(TAIL_STREAM))
-
-    def with_sessions(self, indices: Sequence[int], sigmas: torch.Tensor, own_noise: bool,
-                      body: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run ``body`` inside a CFGGuider.sample call of every member in ``indices``."""
-        if not indices:
-            return body()
-        index, rest = indices[0], indices[1:]
-        member = self.guider.members[index]
-        # A clone of its own: the member's guider registers (and restores) hook patches on
-        # its patcher, which must never be the target's, even for the very same MODEL.
-        member_guider = compat.CFGGuider(compat.clone_patcher(self.models[index]))
-        member_guider.set_conds(member.positive, member.negative)
-        member_guider.set_cfg(member.cfg)
-        result: list[torch.Tensor] = []
-
-        def enter(model_k: Any, x: torch.Tensor, sigmas_: torch.Tensor, extra_args: dict,
-                  callback: Any = None, disable: bool = False) -> torch.Tensor:
-            self.sessions[index] = MemberSession(member_guider, model_k, x, extra_args, sigmas_)
-            result.append(self.with_sessions(rest, sigmas, own_noise, body))
-            return x
-
-        logger.debug("preparing %s", member_label(index, member.name))
-        noise = self.member_noise(index) if own_noise else self.noise
-        member_guider.sample(noise, self.latent_image,
-                             compat.make_ksampler(enter, self.inpainting),
-                             sigmas, denoise_mask=self.denoise_mask, disable_pbar=True,
-                             seed=self.step_seed(NOISE_STREAM, index))
-        return result[0]
-
-    def member_noise(self, index: int) -> torch.Tensor:
-        """Independent noise per member derived from the seed, unless shared or disabled
-        (all-zero noise, as DisableNoise gives). Drawn as KSampler draws the target's, so
-        a latent's batch_index selects the same noise item for every member."""
-        if self.guider.schedule.noise_mode == "shared" or not torch.any(self.noise):
-            return self.noise
-        noise = compat.prepare_noise(self.noise, self.step_seed(NOISE_STREAM, index),
-                                     self.batch_index)
-        return noise.to(self.noise.device)
-
-    def step_function(self, index: int, shared: SharedEvaluation, callback: Callback,
-                      set_cfgs: Callable[[int], None]) -> StepFn:
-        """Member ``index``'s proposal for step k, from a latent on the target's device."""
-        session = self.sessions[index]
-        home = self.sessions[self.guider.target_index].device
-        is_target = index == self.guider.target_index
+    def step_function(self, session: MemberSession, extra_args: dict, report: Callback,
+                      set_cfgs: Callable[[int], None], offset: int, home: torch.device,
+                      index: int) -> StepFn:
+        """A member's proposal for step k (global), from a latent on the home device; the
+        sampler's step report (its prediction) goes to ``report``."""
         drive = self.drive
-        extra_args = shared.window_args(index, session.extra_args)
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
             set_cfgs(k)
-            proposal = drive.run(session.model_k, x.to(session.device),
-                                 session.sigmas[k:k + 2], extra_args,
-                                 _offset_callback(callback, k) if is_target else None,
-                                 self.window_step_seed(index, k))
+            j = k - offset
+            with compat.device_context(session.device):
+                proposal = drive.run(session.model_k, x.to(session.device), session.sigmas[j:j + 2],
+                                     extra_args, report, self.window_step_seed(index, k))
             return proposal.to(home)
         return step
 
     @contextlib.contextmanager
-    def stepping(self, shared: SharedEvaluation) -> Iterator[StepMap]:
+    def stepping(self, sessions: Sequence[MemberSession], indices: Sequence[int],
+                 shared: SharedEvaluation) -> Iterator[StepMap]:
         """How the members' steps of one window step run: one after another, or, when they
         sit on several GPUs and ComfyUI has its multi-GPU thread pool, one worker per
         device at the same time. Loading and patch switching stay on this thread, before
-        the steps start: ComfyUI's model management is not thread-safe."""
-        sessions = [self.sessions[i] for i in range(len(self.guider.members))]
+        the steps start (ComfyUI's model management is not thread-safe), and load every
+        member in one call, so that members on one GPU never evict each other."""
         groups: dict[torch.device, list[int]] = {}
         for i, session in enumerate(sessions):
             groups.setdefault(session.device, []).append(i)
         # A worker steps its device's members back to back, with no switch between them:
         # members that re-patch one module take turns on this thread instead.
+        models = [self.models[m] for m in indices]
+        members = [self.members[m] for m in indices]
         parallel = len(groups) > 1 and all(d.type == "cuda" for d in groups) and not any(
-            switch_weights(self.models, self.guider.members, a, b)
-            for indices in groups.values() for a, b in itertools.combinations(indices, 2))
+            switch_weights(models, members, a, b)
+            for group in groups.values() for a, b in itertools.combinations(group, 2))
         pool = compat.device_pool(groups) if parallel else None
 
         def one_by_one(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
@@ -279,7 +427,7 @@ class _Run:
             shared.begin_step(states)
             proposals = []
             for session, step, x in zip(sessions, step_fns, states):
-                compat.throw_if_interrupted()
+                comfy.model_management.throw_exception_if_processing_interrupted()
                 session.activate()
                 proposals.append(step(x, k))
             return proposals
@@ -287,20 +435,14 @@ class _Run:
         def per_device(step_fns: Sequence[StepFn], states: Sequence[torch.Tensor],
                        k: int) -> list[torch.Tensor]:
             shared.begin_step(states)
-            compat.throw_if_interrupted()
-            for session in sessions:
-                session.activate()
-            for device, indices in groups.items():
-                pool.submit(device, one_after_another, [step_fns[i] for i in indices],
-                            [states[i] for i in indices], k)
-            proposals: list[torch.Tensor] = [states[0]] * len(sessions)
-            for device, indices in groups.items():
-                results, error = pool.get_result(device)
-                if error is not None:
-                    raise error
-                for i, proposal in zip(indices, results):
-                    proposals[i] = proposal
-            return proposals
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            load_together([session.guider for session in sessions],
+                                 sum(session.memory_required for session in sessions),
+                                 sum(session.minimum_memory_required for session in sessions))
+            for device, group in groups.items():
+                pool.submit(device, one_after_another, [step_fns[i] for i in group],
+                            [states[i] for i in group], k)
+            return gather(pool, groups, len(sessions))
 
         if pool is None:
             yield one_by_one
@@ -310,77 +452,61 @@ class _Run:
         finally:
             pool.shutdown()
 
-    def aggregate(self, window: range, callback: Callback) -> torch.Tensor:
-        """The window: every member steps, amdm_core merges; returns the target's latent."""
-        members = self.guider.members
-        target = self.guider.target_index
-        x_target = self.sessions[target].x_start
-        # With shared noise every member's start is the target's: one tensor for all.
-        from_target = window.start > 0 or self.guider.schedule.noise_mode == "shared"
-        states = [x_target if (i == target or from_target)
-                  else self.sessions[i].x_start.to(x_target.device)
-                  for i in range(len(members))]
-        sessions = [self.sessions[i] for i in range(len(members))]
-        shared = SharedEvaluation(sessions, self.models, members, self.denoise_mask is not None)
-        plan = self.guider.plan(window)
-        factors = guidance_factors(plan.weights, plan.aggregation, self.guider.schedule.guidance)
-        cfgs = [[compensated_cfg(member.cfg, factor) for member in members]
-                for factor in factors.tolist()]
 
-        def set_cfgs(k: int) -> None:
-            """Every member's CFG scale for window step k, set before any member steps
-            (a batched evaluation reads the scales of all the members it serves)."""
-            for session, cfg in zip(sessions, cfgs[k - window.start]):
-                session.guider.set_cfg(cfg)
-
-        step_fns = [self.step_function(i, shared, callback, set_cfgs) for i in range(len(members))]
-        try:
-            with self.stepping(shared) as map_steps:
-                return run_window(states, step_fns, plan.to(x_target.device), map_steps)[target]
-        finally:
-            self.guider.set_cfg(members[target].cfg)  # the target finishes at its own scale
+def gather(pool: Any, groups: dict[Any, list[int]], count: int) -> list[torch.Tensor]:
+    """Every device's results, in member order; the first error is raised only once every
+    worker has answered, so that no device is left running."""
+    proposals: list[Optional[torch.Tensor]] = [None] * count
+    errors = []
+    for device, group in groups.items():
+        results, error = pool.get_result(device)
+        if error is not None:
+            errors.append(error)
+            continue
+        for i, proposal in zip(group, results):
+            proposals[i] = proposal
+    if errors:
+        raise errors[0]
+    return proposals
 
 
-class AMDMGuider(compat.CFGGuider):
-    """A GUIDER that aggregates the early steps of several members into the target."""
+class AMDMGuider(comfy.samplers.CFGGuider):
+    """A GUIDER that runs a stack of members over their ranges of steps."""
 
-    def __init__(self, members: Sequence[Member], schedule: Schedule,
-                 node: str = "AMDMGuider"):
+    def __init__(self, members: Sequence[Member], schedule: Schedule, node: str = "AMDMGuider",
+                 member_previews: bool = True):
         check_members(members, schedule)
         self.node = node
+        self.member_previews = member_previews
         _warn_on_noise_level(schedule, len(members))
         self.members = tuple(members)
         self.schedule = schedule
         self.target_index = schedule.target_member - 1
+        self.labels = [member_label(i, m.name) for i, m in enumerate(self.members)]
         target = self.members[self.target_index]
         super().__init__(target.model)
         self.set_conds(target.positive, target.negative)
         self.set_cfg(target.cfg)
 
-    def window(self, sigmas: torch.Tensor) -> range:
-        """Aggregated steps for these sigmas; empty for a single member (plain sampling).
-        Logs a warning when a stack of several members gets an empty window."""
-        n_steps = max(len(sigmas) - 1, 0)
-        if len(self.members) < 2:
-            return range(n_steps, n_steps)
-        model_sampling = compat.model_sampling(compat.guider_model(self))
+    def plan(self, sigmas: torch.Tensor) -> RunPlan:
+        """The run over these sigmas. Bad ranges are an error naming the member; a schedule
+        window that holds none of the steps is a warning (those members sit it out)."""
+        sampling = self.model_patcher.get_model_object("model_sampling")
         sigma_list = sigmas.tolist()
-        window = window_for(sigma_list, model_sampling.percent_to_sigma, self.schedule)
-        if not window and n_steps > 0:
-            logger.warning(_empty_window_reason(self.schedule, sigma_list,
-                                                model_sampling.percent_to_sigma,
-                                                member_label(self.target_index,
-                                                             self.members[self.target_index].name)))
-        return window
-
-    def plan(self, window: range) -> WindowPlan:
-        schedule = self.schedule
-        weights = step_weights([m.weight for m in self.members], self.target_index,
-                               schedule.weight_curve, len(window))
-        deviation = torch.tensor([schedule.deviation_strength * m.deviation for m in self.members],
-                                 dtype=torch.float32).expand(len(window), len(self.members))
-        return WindowPlan(window, weights, deviation, schedule.aggregation,
-                          schedule.deviation_mode)
+        n_steps = max(len(sigma_list) - 1, 0)
+        ranges = [m.step_range for m in self.members]
+        active = member_steps(sigma_list, sampling.percent_to_sigma, ranges, self.schedule)
+        spans = spans_of(active, n_steps)
+        errors = range_errors(spans, active, ranges, self.labels, self.target_index, sigma_list,
+                              sampling.percent_to_sigma)
+        if errors:
+            raise ValueError(f"{self.node}: " + "; ".join(errors))
+        idle = [label for label, own, steps in zip(self.labels, ranges, active) if own is None and not steps]
+        if idle and n_steps > 0:
+            logger.warning(_empty_window_reason(self.schedule, sigma_list, sampling.percent_to_sigma, idle))
+        windows = window_plans(spans, [m.weight for m in self.members], [m.deviation for m in self.members],
+                               self.target_index, self.schedule)
+        return RunPlan(active, spans, stages_of(spans), windows)
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler: Any,
                sigmas: torch.Tensor, denoise_mask: Optional[torch.Tensor] = None,
@@ -388,26 +514,26 @@ class AMDMGuider(compat.CFGGuider):
                batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
         """CFGGuider.sample; ``batch_index`` (a LATENT's) lets the other members' noise
         follow the batch items as the target's does."""
-        if compat.is_nested(latent_image) and len(self.members) > 1:
-            raise ValueError(f"{self.node}: nested latents (several latents packed into one, "
-                             f"as audio-video models use) cannot be aggregated")
-        if not compat.is_plain_ksampler(sampler):
-            raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
-                            f"step at a time; {type(sampler).__name__} cannot be driven so")
-        try:
-            drive = SamplerDrive(sampler) if len(self.members) > 1 else None
-        except ValueError as error:
-            raise ValueError(f"{self.node}: {error}") from None
-        if drive is None:
+        plan = self.plan(sigmas)
+        if [span.members for span in plan.spans] in ([], [(self.target_index,)]):
+            # the target alone at every step: ComfyUI's own sampling
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                   disable_pbar, seed)
-        _, _, inpaint_options = compat.sampler_parts(sampler)
-        models = resident_models(self.members, self.target_index)
-        run = _Run(self, drive, inpaint_options, models, noise, latent_image, denoise_mask,
-                   seed, batch_index)
-        trajectory = compat.make_ksampler(run.trajectory, inpaint_options)
-        return super().sample(noise, latent_image, trajectory, sigmas, denoise_mask, callback,
-                              disable_pbar, seed)
+        if compat.is_nested(latent_image):
+            raise ValueError(f"{self.node}: nested latents (several latents packed into one, "
+                             f"as audio-video models use) cannot be passed between members")
+        for index in sorted({m for span in plan.spans for m in span.members}):
+            wrappers = whole_run_wrappers(self.members[index].model)
+            if wrappers:
+                raise ValueError(f"{self.node}: {self.labels[index]}'s MODEL carries wrappers around "
+                                 f"a whole sampling run ({', '.join(wrappers)}), which cannot wrap a "
+                                 f"member's part of a run; sample it alone")
+        try:
+            run = _Run(self, plan, sampler, resident_models(self.members, self.target_index, plan.spans),
+                       noise, latent_image, denoise_mask, sigmas, callback, seed, batch_index)
+        except ValueError as error:
+            raise ValueError(f"{self.node}: {error}") from None
+        return run.sample(disable_pbar)
 
 
 def _warn_on_noise_level(schedule: Schedule, n_members: int) -> None:
@@ -432,14 +558,12 @@ def _warn_on_noise_level(schedule: Schedule, n_members: int) -> None:
 
 
 def _empty_window_reason(schedule: Schedule, sigmas: list[float],
-                         percent_to_sigma: Callable[[float], float], target: str) -> str:
+                         percent_to_sigma: Callable[[float], float], idle: Sequence[str]) -> str:
     first = progress_of(sigmas[0], percent_to_sigma)
     last = progress_of(sigmas[-2], percent_to_sigma)
     steps = f"its {len(sigmas) - 1} steps span progress {first:.3f} to {last:.3f}"
     if first > 0.001:
         steps += " (a run with denoise < 1 starts late: the window is in absolute progress)"
-    limits = "" if (schedule.start_step, schedule.end_step) == (0, 0) else \
-        f", step limits [{schedule.start_step}, {schedule.end_step or 'end'})"
-    return (f"AMDM: the window [{schedule.start_percent}, {schedule.end_percent}){limits} holds "
-            f"none of this run's steps ({steps}); {target} samples alone. Move the window "
+    return (f"AMDM: the window {schedule.window.describe()} holds none of this run's steps "
+            f"({steps}); {', '.join(idle)} sit{'s' * (len(idle) == 1)} it out. Move the window "
             f"into that range to aggregate")

@@ -7,15 +7,18 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..amdm_core import Schedule, validate_weights
-from . import compat
+import comfy.model_sampling
+
+from ..amdm_core import Schedule, StepRange, validate_weights
+from .sessions import load_device
 
 SIGMA_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
 class Member:
-    """One model of the stack: a MODEL with its own conditioning, CFG and AMDM weights."""
+    """One model of the stack: a MODEL with its own conditioning, CFG and AMDM weights, and
+    the steps it is active on (None: the schedule's window, every step for the target)."""
 
     model: Any
     positive: list
@@ -24,6 +27,7 @@ class Member:
     weight: float = 1.0
     deviation: float = 1.0
     name: str = ""
+    step_range: Optional[StepRange] = None
 
     def __post_init__(self) -> None:
         for field in ("cfg", "weight", "deviation"):
@@ -38,8 +42,12 @@ def member_label(index: int, name: str) -> str:
     return f"member {index + 1}" + (f" ('{name}')" if name else "")
 
 
+def _is_flow_matching(model_sampling: Any) -> bool:
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
 def _sampling_family(model_sampling: Any) -> str:
-    if compat.is_flow_matching(model_sampling):
+    if _is_flow_matching(model_sampling):
         return "flow matching (CONST)"
     return "sigma space (EPS / V_PREDICTION / EDM)"
 
@@ -49,9 +57,12 @@ def _noise_schedule(model_sampling: Any) -> Optional[torch.Tensor]:
     the family (sigma is the noise fraction whatever the shift, and the run follows the
     target's sigmas). Discrete models: their whole sigma table (zsnr changes it). Others:
     their sigma range."""
-    if compat.is_flow_matching(model_sampling):
+    if _is_flow_matching(model_sampling):
         return None
-    return compat.sigma_table(model_sampling)
+    table = getattr(model_sampling, "sigmas", None)  # discrete models' table; EDM a range
+    if isinstance(table, torch.Tensor):
+        return table.detach().float().cpu()
+    return torch.tensor([float(model_sampling.sigma_min), float(model_sampling.sigma_max)])
 
 
 # What each ecosystem property is, and what to change when members differ in it.
@@ -69,9 +80,12 @@ _ECOSYSTEM_FIXES = {
 
 
 def _ecosystem(model: Any) -> dict[str, Any]:
-    model_sampling = compat.model_sampling(model)
+    model_sampling = model.get_model_object("model_sampling")
+    latent = model.get_model_object("latent_format")
     return {
-        "latent format": compat.latent_format_signature(model),
+        # what makes two models' latents the same kind
+        "latent format": (type(latent).__name__, latent.latent_channels, latent.latent_dimensions,
+                          latent.scale_factor, getattr(latent, "shift_factor", None)),
         "model_sampling family": _sampling_family(model_sampling),
         "noise schedule": _noise_schedule(model_sampling),
     }
@@ -123,9 +137,9 @@ def _check_devices(members: Sequence[Member], labels: Sequence[str]) -> None:
     for i, first in enumerate(members):
         for j in range(i + 1, len(members)):
             second = members[j]
-            if not compat.shares_weights_storage(first.model, second.model):
+            if first.model.model is not second.model.model:
                 continue
-            devices = compat.load_device(first.model), compat.load_device(second.model)
+            devices = load_device(first.model), load_device(second.model)
             if devices[0] != devices[1]:
                 raise ValueError(f"{labels[i]} and {labels[j]} are clones of one checkpoint "
                                  f"(one set of weights) but load on {devices[0]} and "

@@ -1,5 +1,6 @@
-"""Everything the pack uses of ComfyUI's internals goes through nodes/compat.py; the
-declared ComfyUI range is the one the code checks; members on other devices."""
+"""What differs between ComfyUI releases lives in nodes/compat.py and nowhere else, and compat
+holds nothing but that; the declared ComfyUI range is the one the code checks; members on
+other devices."""
 from __future__ import annotations
 
 import ast
@@ -18,19 +19,8 @@ from support.sampling import amdm, amdm_sampler, model_a, model_b, prompts  # no
 COMFY_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "latent_preview",
                  "folder_paths", "server", "nodes", "node_helpers", "execution",
                  "comfyui_version"}
-# Attributes of ComfyUI objects that no public node or documented API exposes.
-INTERNAL_ATTRIBUTES = {"current_patcher", "pre_run", "loaded_models", "original_conds",
-                       "inner_model", "sampler_function", "extra_options", "inpaint_options",
-                       "load_models_gpu", "pre_run_control", "estimate_memory",
-                       "fix_empty_latent_channels", "prepare_noise", "model_options",
-                       "get_model_object", "load_device", "model_patcher", "sigma_min",
-                       "sigma_max", "latent_channels", "latent_dimensions", "scale_factor",
-                       "shift_factor", "clone_has_same_weights", "patches", "model_size"}
-# Guider state the pack may read but only set through the guider's methods (set_cfg).
-WRITE_ONLY_THROUGH_METHODS = {"cfg", "conds"}
-# Keys of ComfyUI's dicts handed to model_options hooks and samplers (extra_args).
-INTERNAL_KEYS = {"model_options", "conds", "input", "sigma", "model",
-                 "sampler_calc_cond_batch_function"}
+# Calls that probe what a release has: only compat may make them.
+PROBES = {"hasattr", "signature", "getfullargspec"}
 COMPAT = REPO_ROOT / "nodes" / "compat.py"
 
 
@@ -38,33 +28,70 @@ def _pack_sources() -> list[Path]:
     return [REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").glob("*.py"))]
 
 
-def _comfy_uses(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    uses = []
+def _comfy_names(tree: ast.AST) -> set[str]:
+    """The names a module binds to ComfyUI modules (import comfy.x; import nodes as y)."""
+    names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            uses += [f"import {a.name}" for a in node.names
-                     if a.name.split(".")[0] in COMFY_MODULES]
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names
+                      if a.name.split(".")[0] in COMFY_MODULES}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.split(".")[0] in COMFY_MODULES:
-            uses.append(f"from {node.module} import ...")
-        elif isinstance(node, ast.Attribute) and node.attr in INTERNAL_ATTRIBUTES and not (
-                isinstance(node.value, ast.Name) and node.value.id == "compat"):
-            uses.append(f".{node.attr} (line {node.lineno})")
-        elif isinstance(node, ast.Attribute) and node.attr in WRITE_ONLY_THROUGH_METHODS and \
-                isinstance(node.ctx, ast.Store):
-            uses.append(f".{node.attr} = (line {node.lineno})")
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
-                node.slice.value in INTERNAL_KEYS:
-            uses.append(f"[{node.slice.value!r}] (line {node.lineno})")
-    return uses
+            names |= {a.asname or a.name for a in node.names}
+    return names
 
 
-def test_every_use_of_comfyui_internals_goes_through_compat():
-    assert _comfy_uses(COMPAT), "the scan must see compat's own uses"
-    bypasses = {path.name: uses for path in _pack_sources() if path != COMPAT
-                for uses in [_comfy_uses(path)] if uses}
-    assert bypasses == {}
+def _rooted_in(node: ast.AST, names: set[str]) -> bool:
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return isinstance(node, ast.Name) and node.id in names
+
+
+def _version_probes(path: Path) -> list[str]:
+    """Feature detection and private ComfyUI names in a module: probe calls (hasattr,
+    inspect.signature), getattr with a default on something of ComfyUI, imports of private
+    names from ComfyUI, and ``_private`` attributes of ComfyUI modules."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    comfy_names = _comfy_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else \
+                node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            if name in PROBES:
+                found.append(f"{name}() (line {node.lineno})")
+            elif name == "getattr" and len(node.args) == 3 and _rooted_in(node.args[0], comfy_names):
+                found.append(f"getattr with a default (line {node.lineno})")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] in COMFY_MODULES:
+            found += [f"from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                and _rooted_in(node.value, comfy_names):
+            found.append(f".{node.attr} (line {node.lineno})")
+    return found
+
+
+def test_only_compat_detects_what_a_release_has():
+    assert _version_probes(COMPAT), "the scan must see compat's own probes"
+    elsewhere = {path.name: probes for path in _pack_sources() if path != COMPAT
+                 for probes in [_version_probes(path)] if probes}
+    assert elsewhere == {}
+
+
+def test_compat_holds_no_one_statement_aliases():
+    """Every function of compat detects something (a probe, a fallback, an import that may
+    fail) or does more than return one ComfyUI expression."""
+    tree = ast.parse(COMPAT.read_text(encoding="utf-8"))
+    aliases = []
+    for function in (node for node in tree.body if isinstance(node, ast.FunctionDef)):
+        body = [statement for statement in function.body
+                if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))]
+        if len(body) == 1 and isinstance(body[0], ast.Return):
+            calls = {node.func.id for node in ast.walk(body[0]) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Name)}
+            if not calls & {"getattr", "hasattr", "_accepts", "bool"}:
+                aliases.append(function.name)
+    assert aliases == []
 
 
 def test_the_declared_comfyui_range_is_the_checked_one(pack):

@@ -10,9 +10,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from amdm_core import (Schedule, WindowPlan, aggregate, curve_factors, derive_seed,  # noqa: E402
-                       deviate, member_coefficients, run_window, step_weights,
-                       progress_of, validate_weights, window_for, window_steps)
+from amdm_core import (EVERY_STEP, Schedule, Span, StepRange, WindowPlan, aggregate,  # noqa: E402
+                       curve_factors, derive_seed, deviate, member_coefficients, member_steps, progress_of,
+                       range_errors, run_window, spans_of, stages_of, steps_in, validate_weights,
+                       window_plans, window_steps)
 
 MODES = ("linear", "slerp", "paper")
 
@@ -38,7 +39,7 @@ def test_package_imports_outside_comfyui_without_nodes():
             "spec = importlib.util.spec_from_file_location('pack', sys.argv[1] + '/__init__.py', "
             "submodule_search_locations=[sys.argv[1]]); m = importlib.util.module_from_spec(spec); "
             "sys.modules['pack'] = m; spec.loader.exec_module(m); "
-            "assert m.NODE_CLASS_MAPPINGS == {}; import pack.amdm_core")
+            "assert not hasattr(m, 'comfy_entrypoint'); import pack.amdm_core")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code, REPO], check=True, cwd="/", env=env)
 
@@ -179,15 +180,14 @@ def test_window_ties_resolve_the_same_way_however_sigma_was_rounded():
     [0.5, 1) split 4 steps 2 + 2 whether sigma 0.5 came out just above or just below."""
     for nudge in (-1e-7, 0.0, 1e-7):
         sigmas = [1.0, 0.75, 0.5 + nudge, 0.25, 0.0]
-        first = window_for(sigmas, _flow_percent_to_sigma, Schedule(end_percent=0.5))
-        second = window_for(sigmas, _flow_percent_to_sigma,
-                            Schedule(start_percent=0.5, end_percent=1.0))
+        first = steps_in(sigmas, _flow_percent_to_sigma, StepRange(end_percent=0.5))
+        second = steps_in(sigmas, _flow_percent_to_sigma, StepRange(start_percent=0.5, end_percent=1.0))
         assert (first, second) == (range(0, 2), range(2, 4)), nudge
 
 
 def test_window_end_1_reaches_the_last_step():
     sigmas = [1.0, 0.5, 1e-6, 0.0]
-    assert window_for(sigmas, _flow_percent_to_sigma, Schedule(end_percent=1.0)) == range(0, 3)
+    assert steps_in(sigmas, _flow_percent_to_sigma, Schedule(end_percent=1.0).window) == range(0, 3)
 
 
 def test_progress_of_inverts_percent_to_sigma():
@@ -196,12 +196,62 @@ def test_progress_of_inverts_percent_to_sigma():
                                                                                    abs=1e-9)
 
 
-def test_curves_and_step_weights():
+def test_curves_and_window_weights():
     assert torch.equal(curve_factors("constant", 4), torch.ones(4))
     torch.testing.assert_close(curve_factors("linear_decay", 4), torch.tensor([1, .75, .5, .25]))
     torch.testing.assert_close(curve_factors("cosine_decay", 2), torch.tensor([1.0, 0.5]))
-    weights = step_weights([2.0, 1.0, 4.0], target=1, curve="linear_decay", length=2)
-    torch.testing.assert_close(weights, torch.tensor([[2.0, 1.0, 4.0], [1.0, 1.0, 2.0]]))
+    spans = [Span(range(0, 2), (0, 1, 2)), Span(range(2, 4), (1,))]
+    [plan] = window_plans(spans, [2.0, 1.0, 4.0], [1.0] * 3, target=1,
+                          schedule=Schedule(weight_curve="linear_decay")).values()
+    assert plan.members == (0, 1, 2) and plan.steps == range(0, 2)
+    torch.testing.assert_close(plan.weights, torch.tensor([[2.0, 1.0, 4.0], [1.0, 1.0, 2.0]]))
+
+
+def test_each_member_follows_the_curve_over_its_own_aggregated_steps():
+    """A soft handoff: member 0 aggregates with 1 over steps 2-3 only; its linear decay runs
+    over those two steps, the target (1) keeps its weight."""
+    spans = [Span(range(0, 2), (0,)), Span(range(2, 4), (0, 1)), Span(range(4, 6), (1,))]
+    plans = window_plans(spans, [1.0, 1.0], [1.0, 1.0], target=1, schedule=Schedule(weight_curve="linear_decay"))
+    assert list(plans) == [2]
+    torch.testing.assert_close(plans[2].weights, torch.tensor([[1.0, 1.0], [0.5, 1.0]]))
+
+
+SIX_STEPS = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0]  # flow sigmas: progress 0, .1, .3, .5, .7, .9
+
+
+def test_members_without_a_range_follow_the_schedule():
+    active = member_steps(SIX_STEPS, _flow_percent_to_sigma, [None, None, StepRange(0.2, 0.8)],
+                          Schedule(end_percent=0.4, target_member=2))
+    assert active == [range(0, 3), range(0, 6), range(2, 5)]
+
+
+def test_spans_stages_and_the_one_rule():
+    """Ranges that touch hand over (one stage each); ranges that overlap aggregate there."""
+    hard = spans_of([range(0, 3), range(3, 6)], 6)
+    assert hard == [Span(range(0, 3), (0,)), Span(range(3, 6), (1,))]
+    assert [stage.single for stage in stages_of(hard)] == [True, True]
+    soft = spans_of([range(0, 4), range(2, 6)], 6)
+    assert soft == [Span(range(0, 2), (0,)), Span(range(2, 4), (0, 1)), Span(range(4, 6), (1,))]
+    [stage] = stages_of(soft)
+    assert not stage.single and stage.steps == range(0, 6)
+    classic = spans_of([range(0, 6), range(0, 2)], 6)
+    assert classic == [Span(range(0, 2), (0, 1)), Span(range(2, 6), (0,))]
+    three = stages_of(spans_of([range(0, 2), range(2, 4), range(4, 6)], 6))
+    assert [stage.steps for stage in three] == [range(0, 2), range(2, 4), range(4, 6)]
+
+
+def test_bad_ranges_are_errors_naming_the_member():
+    labels = ["member 1", "member 2", "member 3"]
+    ranges = [StepRange(0.0, 0.3), StepRange(0.5, 1.0), StepRange(0.95, 1.0)]
+    active = member_steps(SIX_STEPS, _flow_percent_to_sigma, ranges, Schedule(target_member=2))
+    errors = range_errors(spans_of(active, 6), active, ranges, labels, 1, SIX_STEPS, _flow_percent_to_sigma)
+    assert any(e.startswith("member 3: its range [0.95, 1.0) holds none") for e in errors)
+    assert any(e.startswith("steps 2 to 2 (progress 0.300 to 0.300) are in no member's range") for e in errors)
+    target_first = member_steps(SIX_STEPS, _flow_percent_to_sigma, ranges[:2], Schedule(target_member=1))
+    errors = range_errors(spans_of(target_first, 6), target_first, ranges[:2], labels, 0, SIX_STEPS,
+                          _flow_percent_to_sigma)
+    assert any("the target, member 1, is not active at the last step" in e for e in errors)
+    assert EVERY_STEP == StepRange()
 
 
 def test_run_window_steps_each_member_once_per_step_and_merges():
@@ -214,9 +264,10 @@ def test_run_window_steps_each_member_once_per_step_and_merges():
         return step
 
     states = [torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)]
-    plan = WindowPlan(range(2, 5), torch.tensor([[1.0, 1.0]] * 3), torch.zeros(3, 2), "linear",
+    plan = WindowPlan(range(2, 5), (0, 1), torch.tensor([[1.0, 1.0]] * 3), torch.zeros(3, 2), "linear",
                       "none")
-    out = run_window(states, [stepper(1.0), stepper(3.0)], plan)
+    merged, out = run_window(states, [stepper(1.0), stepper(3.0)], plan)
+    assert merged is out[0]
     assert sorted(calls) == [(1.0, 2), (1.0, 3), (1.0, 4), (3.0, 2), (3.0, 3), (3.0, 4)]
     for x in out:
         torch.testing.assert_close(x, torch.full((1, 4, 2, 2), 6.0))
@@ -226,8 +277,9 @@ def test_run_window_steps_each_member_once_per_step_and_merges():
 
 def test_members_with_deviation_continue_from_copies_of_their_own():
     states = [torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)]
-    plan = WindowPlan(range(1), torch.ones(1, 2), torch.full((1, 2), 0.5), "linear", "relative")
-    out = run_window(states, [lambda x, k: x + 1.0, lambda x, k: x + 3.0], plan)
+    plan = WindowPlan(range(1), (0, 1), torch.ones(1, 2), torch.full((1, 2), 0.5), "linear", "relative")
+    merged, out = run_window(states, [lambda x, k: x + 1.0, lambda x, k: x + 3.0], plan)
+    torch.testing.assert_close(merged, torch.full((1, 4, 2, 2), 2.0))
     torch.testing.assert_close(out[0], torch.full((1, 4, 2, 2), 1.5))
     torch.testing.assert_close(out[1], torch.full((1, 4, 2, 2), 2.5))
 

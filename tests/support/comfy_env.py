@@ -170,8 +170,13 @@ def node_class(class_type: str) -> type:
 
 
 def _pack_mappings() -> dict[str, type]:
+    """The pack's nodes by id, as ComfyUI registers a V3 extension's."""
     pack = sys.modules.get(PACK_MODULE_NAME)
-    return dict(getattr(pack, "NODE_CLASS_MAPPINGS", {}) or {})
+    entrypoint = getattr(pack, "comfy_entrypoint", None)
+    if entrypoint is None:
+        return {}
+    nodes = asyncio.run(asyncio.run(entrypoint()).get_node_list())
+    return {node.GET_SCHEMA().node_id: node for node in nodes}
 
 
 def run_node(class_type: str, **inputs: Any) -> tuple:
