@@ -7,6 +7,7 @@ here, which probes signatures and attributes, never version numbers. Tested on C
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import inspect
@@ -30,6 +31,21 @@ def _accepts(function: Callable, parameter: str) -> bool:
         return parameter in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
+
+
+# --- nodes ----------------------------------------------------------------------------------
+
+def node_outputs(node_class: type, inputs: dict[str, Any]) -> tuple:
+    """Run a node as ComfyUI's executor does and return its outputs: V1 nodes (a tuple, or
+    {"result": ...} from output nodes) and V3 nodes (io.NodeOutput), which releases mix."""
+    result = getattr(node_class(), node_class.FUNCTION)(**inputs)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    if isinstance(result, dict):
+        result = result.get("result", ())
+    elif not isinstance(result, tuple) and hasattr(result, "result"):
+        result = result.result
+    return tuple(result)
 
 
 # --- latents --------------------------------------------------------------------------------
@@ -145,7 +161,9 @@ def _deep_copy(patcher: Any) -> Optional[Any]:
     module = patcher.model
     current, module.current_patcher = getattr(module, "current_patcher", None), None
     try:
-        copied = copy.deepcopy(module)
+        # The model config is shared, not copied: 0.28's configs answer every missing
+        # attribute (deepcopy's __setstate__ among them) with None.
+        copied = copy.deepcopy(module, {id(module.model_config): module.model_config})
     except Exception as error:  # a loader's module that deepcopy cannot handle
         logger.debug("no copy of %s: %s", type(module).__name__, error)
         return None

@@ -20,7 +20,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ..amdm_core import (AGGREGATION_MODES, DEVIATION_MODES, EVERY_STEP, GUIDANCE_MODES, NOISE_MODES,
                          WEIGHT_CURVES, Schedule, StepRange, handoff_bounds, progress_of, sigma_at_timestep)
-from ..amdm_core.schedule import MAX_STEP
+from ..amdm_core.schedule import MAX_STEP, PROGRESS_TIE
 from . import compat
 from .guider import AMDMGuider
 from .members import Member, member_label
@@ -319,7 +319,9 @@ class AMDMExpertBoundary(io.ComfyNode):
             sigma = boundary if unit == "sigma" else sigma_at_timestep(
                 boundary, lambda s: float(sampling.timestep(torch.tensor(s))),
                 float(sampling.sigma_min), float(sampling.sigma_max))
-            percent = progress_of(sigma, sampling.percent_to_sigma)
+            # Just past the boundary's own percent: a step exactly on the boundary stays with
+            # the first expert, as the reference switches (timestep >= boundary: first).
+            percent = progress_of(sigma, sampling.percent_to_sigma) + 2 * PROGRESS_TIE
         try:
             return io.NodeOutput(*handoff_bounds(percent, overlap))
         except ValueError as error:

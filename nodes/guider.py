@@ -52,14 +52,15 @@ class SamplerDrive:
     """The user's SAMPLER as AMDM drives it: whole segments and single window steps of its
     k-diffusion function."""
 
-    def __init__(self, sampler: Any):
+    def __init__(self, sampler: Any, run_steps: int):
         if not (isinstance(sampler, comfy.samplers.KSAMPLER) and type(sampler).sample is comfy.samplers.KSAMPLER.sample):
-            raise TypeError(f"AMDM steps a k-diffusion SAMPLER (comfy.samplers.KSAMPLER) one "
-                            f"step at a time where members aggregate; {type(sampler).__name__} "
-                            f"cannot be driven so")
+            raise ValueError(f"members aggregate one step at a time, through a k-diffusion SAMPLER "
+                             f"(comfy.samplers.KSAMPLER); {type(sampler).__name__} cannot be driven so "
+                             f"(it can hand over, with ranges that do not overlap)")
         self.sampler = sampler
         self.function = sampler.sampler_function
         self.options = sampler.extra_options
+        self.run_steps = run_steps
         self.name = samplers.sampler_name_of(self.function)
         self.behaviour = samplers.SAMPLERS.get(self.name) if self.name else None
         if self.behaviour is not None and self.behaviour.drive == samplers.REFUSED:
@@ -92,10 +93,17 @@ class SamplerDrive:
 
     def run(self, model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict,
             callback: Optional[Callback], seed: Optional[int]) -> torch.Tensor:
-        """The sampler over ``sigmas`` (any number of steps) in one call, no console bar."""
+        """The sampler over ``sigmas`` (any number of steps) in one call, no console bar.
+
+        Samplers with churn (euler, heun, dpm_2 given s_churn) add s_churn / (steps of the
+        call) of noise per step: a call over part of the run gets its share of the run's
+        s_churn, so that every step churns as in one call over the whole run."""
         function = self.single_step_function if len(sigmas) < 3 else self.function
+        options = self.options
+        if options.get("s_churn"):
+            options = {**options, "s_churn": options["s_churn"] * (len(sigmas) - 1) / self.run_steps}
         return function(model_k, x, sigmas, extra_args={**extra_args, "seed": seed},
-                        callback=callback, disable=True, **self.options)
+                        callback=callback, disable=True, **options)
 
 
 class _StandInModel:
@@ -152,7 +160,7 @@ class _Run:
         self.sampler = sampler
         # Stages of one member alone call the user's SAMPLER (any SAMPLER, as a chain would);
         # the others step its k-diffusion function.
-        self.drive = SamplerDrive(sampler) if plan.aggregates else None
+        self.drive = SamplerDrive(sampler, len(sigmas) - 1) if plan.aggregates else None
         self.models = models
         self.noise = noise
         self.latent_image = latent_image
@@ -226,6 +234,7 @@ class _Run:
                     bar.update(1)
                     if self.user_callback is not None:
                         self.user_callback(info["i"], info["denoised"], info["x"], n_steps)
+                    comfy.model_management.throw_exception_if_processing_interrupted()
 
                 for number, stage in enumerate(self.plan.stages):
                     # Later stages continue a LATENT, as KSamplerAdvanced with add_noise

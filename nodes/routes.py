@@ -10,7 +10,8 @@ disagree, and no sigma arithmetic is mirrored in JavaScript.
 ``POST /amdm/chart`` (also under ``/api``), body::
 
     {"schedule": {widget: value, ...},                  # AggregationSchedule's widgets
-     "members": [{"weight": 1.0}, ...],                  # the stack, first member first; [] if none
+     "members": [{"weight": 1.0, "start_percent": 0.0, ...}, ...],  # the stack's ModelStack widgets,
+                                                         # first member first; [] if none
      "loader": {"class_type": "UNETLoader", "inputs": {"unet_name": ...}} or null,
      "model_sampling": [{"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}}, ...],
      "sigmas": {"sampler": {"steps": 25, "scheduler": "normal", "sampler_name": "euler",
@@ -24,19 +25,23 @@ the model family ComfyUI's detection gives it; for other loaders, or a file it d
 recognise, the model is taken to be a discrete SD1.x / SDXL one. ``model_sampling`` lists
 the ModelSampling nodes between the loader and the stack, loader side first. ``nodes`` is the
 API-format graph of SIGMAS nodes feeding SamplerCustomAdvanced (links as ``[id, slot]``); only
-the nodes ``output`` depends on are run, and their MODEL inputs get the target's model. The
-answer::
+the nodes ``output`` depends on are run, and their MODEL inputs get the target's model. A
+member's range widgets (``start_percent``, ``end_percent``, ``start_step``, ``end_step``)
+are numbers, or, where an AMDMExpertBoundary node feeds one, ``{"boundary": {its widgets},
+"output": 0 or 1}``: the route runs that node on the target's model. The answer::
 
     {"steps": S, "sigmas": [...], "window": [first, stop], "shares": [[...] per step],
-     "factors": [...], "exact": bool, "family": str, "note": str | null, "problem": str | null}
+     "ranges": [[first, stop] per member], "factors": [...], "exact": bool, "family": str,
+     "note": str | null, "problem": str | null}
 
 ``exact`` is false when the schedule feeds no sampler, or its SIGMAS nodes cannot be run by
 the chart (a node type this server lacks, a node that is not a SIGMAS node, an input the chart
 cannot provide or a SIGMAS input left unconnected; ``note`` says which): the chart then assumes
 ComfyUI's default KSampler settings. ``problem`` is why the sampler would refuse the schedule
 or the stack, or run it without aggregation. ``shares[k][m]`` is member m's coefficient in the
-merged latent at step k (the target alone, 1, outside the window); ``factors`` the weight
-curve's factor at each window step.
+latent at step k: 1 for a member alone, its merge coefficient where members aggregate, 0 where
+it is not active; ``ranges`` each member's active steps (the sampler's plan, from the same
+code); ``factors`` the weight curve's factor at each window step.
 
 Limits. Every input is checked before any work, as ComfyUI checks a prompt (and, like it, on
 the event loop: a few INPUT_TYPES calls, bounded by the body's size): each widget value
@@ -92,8 +97,9 @@ import nodes as comfy_nodes
 
 from ..amdm_core import (Schedule, Span, curve_factors, member_coefficients, member_steps, range_errors,
                          spans_of, steps_in, validate_weights, window_plans)
-from . import families
-from .definitions import RANGE_INPUTS, AggregationSchedule, AMDMSamplerNode, ModelStack, member_range
+from . import compat, families
+from .definitions import (RANGE_INPUTS, AggregationSchedule, AMDMExpertBoundary, AMDMSamplerNode, ModelStack,
+                          member_range)
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +358,37 @@ class ChartRequest:
     note: Optional[str] = None
 
 
+BOUNDARY_OUTPUTS = len(AMDMExpertBoundary.GET_SCHEMA().outputs)
+
+
+@dataclasses.dataclass
+class BoundaryOutput:
+    """A member's range widget fed by an AMDMExpertBoundary node: its checked widgets and
+    which of its outputs."""
+
+    widgets: dict[str, Any]
+    output: int
+
+
+def checked_member(member: Any, where: str) -> dict[str, Any]:
+    """A member's weight and range widgets, each a checked number or a BoundaryOutput."""
+    declared = {name: spec for name, spec in _declared_inputs(ModelStack).items() if name in ("weight", *RANGE_INPUTS)}
+    given = dict(_object(member, where))
+    fed = {}
+    for name in RANGE_INPUTS:
+        if isinstance(given.get(name), dict):
+            source = given.pop(name)
+            boundary = _checked_widgets(f"{where}: {name}'s AMDMExpertBoundary",
+                                        _declared_inputs(AMDMExpertBoundary), _object(source.get("boundary"), "boundary"))
+            output = source.get("output")
+            if output not in range(BOUNDARY_OUTPUTS) or isinstance(output, bool):
+                raise ChartError(f"{where}: {name}'s AMDMExpertBoundary output must be 0 or 1, got "
+                                 f"{reprlib.repr(output)}")
+            fed[name] = BoundaryOutput(boundary, output)
+    defaults = {name: options["default"] for name, (_, options, _) in declared.items()}
+    return {**_checked_widgets(where, declared, {**defaults, **given}), **fed}
+
+
 def checked_request(body: Any) -> ChartRequest:
     """The request body, checked against the limits of the module docstring (no work yet)."""
     body = _object(body, "the body")
@@ -362,10 +399,7 @@ def checked_request(body: Any) -> ChartRequest:
     given_schedule = _object(_field(body, "schedule", {}), "schedule")
     schedule = _checked_widgets("AggregationSchedule", _declared_inputs(AggregationSchedule),
                                 {**_DEFAULT_SCHEDULE, **given_schedule})
-    member_inputs = {name: spec for name, spec in _declared_inputs(ModelStack).items()
-                     if name in ("weight", *RANGE_INPUTS)}
-    defaults = {name: options["default"] for name, (_, options, _) in member_inputs.items()}
-    members = [_checked_widgets(f"member {m + 1}", member_inputs, {**defaults, **_object(member, f"member {m + 1}")})
+    members = [checked_member(member, f"member {m + 1}")
                for m, member in enumerate(_array(_field(body, "members", []), "members", MAX_MEMBERS))]
     weights = [member.pop("weight") for member in members]
     loader = body.get("loader")
@@ -401,18 +435,6 @@ def _check_time(deadline: float) -> None:
         raise ChartUnavailable(f"the chart took longer than {CHART_TIME_LIMIT_S:g} s")
 
 
-def _call_node(node_class: type, inputs: dict[str, Any]) -> tuple:
-    """Run a node's FUNCTION as ComfyUI's executor does (V1 tuples and V3 NodeOutput alike)."""
-    result = getattr(node_class(), node_class.FUNCTION)(**inputs)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
-    if isinstance(result, dict):
-        result = result.get("result", ())
-    elif not isinstance(result, tuple) and hasattr(result, "result"):
-        result = result.result
-    return tuple(result)
-
-
 def _checked_sigmas(sigmas: Any, source: str) -> torch.Tensor:
     if not (isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1):
         raise ChartError(f"{source} gave no 1-D SIGMAS tensor")
@@ -440,7 +462,7 @@ def apply_model_sampling(model: Any, chain: list[CheckedNode], family: str,
     """The model after the ModelSampling nodes of ``chain``, and a short name of its family
     (``family`` when the chain is empty)."""
     for node in chain:
-        model = _call_node(node.node_class, {**node.widgets, **dict.fromkeys(node.model_inputs, model)})[0]
+        model = compat.node_outputs(node.node_class, {**node.widgets, **dict.fromkeys(node.model_inputs, model)})[0]
         # Flow models: the shift that results (ModelSamplingFlux derives it from the image size).
         shift = getattr(model.get_model_object("model_sampling"), "shift", None)
         shown = f"shift {shift:.3g}" if shift is not None else ", ".join(
@@ -459,7 +481,7 @@ def evaluate_sigmas(nodes: list[tuple[str, CheckedNode]], output: tuple[str, int
         inputs = {**node.widgets, **dict.fromkeys(node.model_inputs, model),
                   **{name: results[source][slot] for name, (source, slot) in node.sigmas_links.items()}}
         results[node_id] = tuple(_checked_sigmas(sigmas, f"{node.class_type} (node {reprlib.repr(node_id)})")
-                                 for sigmas in _call_node(node.node_class, inputs))
+                                 for sigmas in compat.node_outputs(node.node_class, inputs))
         _check_time(deadline)
     node_id, slot = output
     return results[node_id][slot]
@@ -470,6 +492,14 @@ def sampler_sigmas(model: Any, settings: dict) -> torch.Tensor:
     return comfy.samplers.KSampler(model, steps=settings["steps"], device=model.load_device,
                                    sampler=settings["sampler_name"], scheduler=settings["scheduler"],
                                    denoise=settings["denoise"], model_options=model.model_options).sigmas
+
+
+def resolved(value: Any, model: Any) -> Any:
+    """A range widget's value: a number, or what its AMDMExpertBoundary node gives for the
+    target's model."""
+    if not isinstance(value, BoundaryOutput):
+        return value
+    return compat.node_outputs(AMDMExpertBoundary, {**value.widgets, "model": model})[value.output]
 
 
 def member_shares(spans: list[Span], windows: dict[int, Any], members: int, steps: int) -> list[list[float]]:
@@ -520,7 +550,8 @@ def chart(request: ChartRequest, deadline: float) -> dict:
     weights = request.weights
     try:
         schedule = Schedule(**{name: value for name, value in request.schedule.items() if name in _SCHEDULE_FIELDS})
-        ranges = [member_range(values) for values in request.ranges]
+        ranges = [member_range({name: resolved(value, model) for name, value in values.items()})
+                  for values in request.ranges]
         answer["problem"] = _problem(schedule, weights)
     except ValueError as error:
         answer["problem"] = str(error)

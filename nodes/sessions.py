@@ -47,6 +47,14 @@ def _patchers(guider: Any) -> list[Any]:
     return [guider.model_patcher, *clones.values()]
 
 
+def _twins(a: Any, b: Any) -> bool:
+    """Clones of one module with the same weights and object patches: when one is loaded,
+    the other needs no load, only to become the module's current patcher."""
+    return a.model is b.model and a.object_patches.keys() == b.object_patches.keys() and \
+        all(a.object_patches[k] is b.object_patches[k] for k in a.object_patches) and \
+        bool(a.clone_has_same_weights(b))
+
+
 def load_together(guiders: Sequence[Any], memory_required: int, minimum_memory_required: int) -> None:
     """Load the guiders' models (and the models their conds need) in one call if any was
     evicted, reserving what ComfyUI's own sampling prepare reserves for all of them, so that
@@ -55,7 +63,7 @@ def load_together(guiders: Sequence[Any], memory_required: int, minimum_memory_r
     patches apply)."""
     patchers = [p for guider in guiders for p in (*_patchers(guider), *guider.loaded_models)]
     loaded = comfy.model_management.loaded_models()
-    if any(p not in loaded for p in patchers):
+    if any(p not in loaded and not any(_twins(p, q) for q in loaded) for p in patchers):
         comfy.model_management.load_models_gpu(patchers, memory_required=memory_required,
                                                minimum_memory_required=minimum_memory_required)
     for guider in guiders:

@@ -49,7 +49,8 @@ from .members import Member, member_label
 
 logger = logging.getLogger(__name__)
 
-# MODEL of a member -> the patcher on its resident copy, for as long as that MODEL lives.
+# MODEL of a member -> the patcher on its resident copy (None: none could be made), for as
+# long as that MODEL lives.
 _RESIDENT_COPIES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 # The model_options key of ComfyUI's hook for replacing calc_cond_batch inside
@@ -189,6 +190,8 @@ def resident_models(members: Sequence[Member], target: int, spans: Sequence[Any]
             continue
         label = member_label(i, member.name)
         copy = _RESIDENT_COPIES.get(member.model)
+        if member.model in _RESIDENT_COPIES and copy is None:
+            continue  # no copy could be made: said once, when it was tried
         if copy is None:
             fits, reason = can_hold_resident_copy(member.model, copy_memory_needed(models, member.model))
             if not fits:
@@ -198,13 +201,13 @@ def resident_models(members: Sequence[Member], target: int, spans: Sequence[Any]
                             member_label(sharing[0], members[sharing[0]].name), reason)
                 continue
             copy = compat.independent_copy(member.model)
+            _RESIDENT_COPIES[member.model] = copy
             if copy is None:
                 logger.info("%s shares its checkpoint with %s but not its weights, and its "
                             "loader's model cannot be copied: the checkpoint is re-patched at "
                             "every switch between them", label,
                             member_label(sharing[0], members[sharing[0]].name))
                 continue
-            _RESIDENT_COPIES[member.model] = copy
             logger.info("%s runs on a resident copy of its checkpoint (its weights differ "
                         "from %s's)", label, member_label(sharing[0], members[sharing[0]].name))
         models[i] = copy

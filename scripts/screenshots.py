@@ -5,8 +5,12 @@ frontend (the one `bash scripts/setup.sh --browser` installs for the browser tes
 in headless Debian Chromium and writes:
 
 * docs/images/<workflow>.png: each example graph, on the classic canvas;
-* workflows/<workflow>.jpg: the thumbnails ComfyUI's template browser shows;
+* workflows/<workflow>.jpg: the cards of ComfyUI's template browser: the graph under the
+  title and one-line description of workflows/templates/index.json (the frontends show a
+  custom node's template by its file name only, so the picture carries the rest);
 * docs/images/schedule_chart.png: the AggregationSchedule node of the three-member example;
+* docs/images/schedule_chart_ranges.png: the two-member example's chart with member ranges
+  of their own: a hard handoff and an aggregated overlap;
 * docs/images/renderers.png: that example's member badges and chart on ComfyUI's pinned
   frontend (classic canvas) and on the current one, on the classic canvas and with Nodes
   2.0 (Vue nodes);
@@ -27,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Page, sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +44,15 @@ from support.comfy_server import ComfyServer  # noqa: E402
 from test_browser import CHROMIUM, CHROMIUM_ARGS, ComfyPage, Frontend, current_frontend_root  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
+TEMPLATE_INDEX = WORKFLOWS_DIR / "templates" / "index.json"
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
 GRAPH_SCALE = 0.8
 MAX_VIEWPORT = (2800, 1800)
-THUMBNAIL_WIDTH = 640
+# Both frontends show template pictures in square cards.
+CARD_SIZE = 512
+CARD_CAPTION_HEIGHT = 150
 CHART_WORKFLOW = "amdm_three_members_guider"
+RANGES_WORKFLOW = "amdm_two_members"
 BACKGROUND = (32, 32, 32)
 # Loader inputs naming a model file, and the models folder ComfyUI looks it up in.
 MODEL_FOLDERS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "clip_name": "text_encoders",
@@ -119,11 +127,45 @@ def zoom_on_node(page: Page, node_id: int, scale: float = 1.5) -> dict:
     return rect
 
 
-def thumbnail(png: Path, jpg: Path) -> None:
+def template_cards() -> dict[str, dict]:
+    """The examples' template cards (title, description) by workflow name, in card order."""
+    categories = json.loads(TEMPLATE_INDEX.read_text(encoding="utf-8"))
+    return {card["name"]: card for category in categories for card in category["templates"]}
+
+
+def wrapped(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def card_picture(png: Path, jpg: Path, card: dict) -> None:
+    """A square template card: the graph above the card's title and description."""
+    margin = 20
+    sheet = Image.new("RGB", (CARD_SIZE, CARD_SIZE), BACKGROUND)
     with Image.open(png) as image:
-        image = image.convert("RGB")
-        height = round(image.height * THUMBNAIL_WIDTH / image.width)
-        image.resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(jpg, quality=85)
+        graph = image.convert("RGB")
+        graph.thumbnail((CARD_SIZE - 2 * margin, CARD_SIZE - CARD_CAPTION_HEIGHT - margin), Image.LANCZOS)
+        sheet.paste(graph, ((CARD_SIZE - graph.width) // 2, (CARD_SIZE - CARD_CAPTION_HEIGHT - graph.height) // 2 + margin // 2))
+    draw = ImageDraw.Draw(sheet)
+    top = CARD_SIZE - CARD_CAPTION_HEIGHT
+    draw.rectangle((0, top, CARD_SIZE, CARD_SIZE), fill=(24, 24, 24))
+    size = 36
+    while draw.textlength(card["title"], font=ImageFont.load_default(size=size)) > CARD_SIZE - 2 * margin:
+        size -= 2
+    text_font = ImageFont.load_default(size=24)
+    draw.text((margin, top + 16), card["title"], fill=(240, 240, 240), font=ImageFont.load_default(size=size))
+    lines = wrapped(draw, card["description"], text_font, CARD_SIZE - 2 * margin)
+    if len(lines) > 2:
+        raise SystemExit(f"{TEMPLATE_INDEX.relative_to(REPO_ROOT)}: the description of {card['name']} "
+                         f"takes {len(lines)} lines on its card; shorten it to two")
+    for i, line in enumerate(lines):
+        draw.text((margin, top + 66 + 28 * i), line, fill=(185, 185, 185), font=text_font)
+    sheet.save(jpg, quality=88)
 
 
 def load_example(comfy_page: ComfyPage, name: str) -> None:
@@ -167,6 +209,24 @@ def side_by_side(rows: list[tuple[str, list[Image.Image]]], gap: int = 16) -> Im
     return sheet
 
 
+def ranges_chart(comfy_page: ComfyPage) -> Image.Image:
+    """The two-member example's chart with ranges of the members' own, member 2 the target:
+    a hard handoff at 0.5, then ranges overlapping from 0.4 to 0.6."""
+    load_example(comfy_page, RANGES_WORKFLOW)
+    schedule = comfy_page.node_id("AggregationSchedule")
+    first, second = comfy_page.stack_node_ids()
+    comfy_page.set_widget(schedule, "target_member", 2)
+    pictures = []
+    for end, start in ((0.5, 0.5), (0.6, 0.4)):
+        comfy_page.set_widget(first, "end_percent", end)
+        comfy_page.set_widget(second, "start_percent", start)
+        comfy_page.chart_view(schedule)
+        png = comfy_page.page.screenshot(clip=zoom_on_node(comfy_page.page, schedule))
+        pictures.append(Image.open(io.BytesIO(png)).convert("RGB"))
+    return side_by_side([("Member ranges: #1 until 0.5 and #2 from 0.5 (a hard handoff); "
+                          "#1 until 0.6 and #2 from 0.4 (aggregated across the overlap)", pictures)])
+
+
 def help_panel(comfy_page: ComfyPage, png: Path) -> None:
     """The chart example in a tab of its own, its first member's help open at its inputs."""
     page = comfy_page.page
@@ -178,7 +238,7 @@ def help_panel(comfy_page: ComfyPage, png: Path) -> None:
     comfy_page.open_node_help(graph_view_nodes(comfy_page)[0])
     page.locator(".node-help-content:visible h2", has_text="Inputs").first.evaluate(
         "(heading) => heading.scrollIntoView({block: 'start'})")
-    page.mouse.move(700, 500)
+    page.mouse.move(1250, 700)  # over the help text: no tooltip of the graph
     page.wait_for_timeout(500)
     page.screenshot(path=str(png))
     comfy_page.close()
@@ -229,6 +289,10 @@ def main() -> None:
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = arguments.only or sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
+    cards = template_cards()
+    missing = [name for name in names if name not in cards]
+    if missing:
+        raise SystemExit(f"{TEMPLATE_INDEX.relative_to(REPO_ROOT)} has no card for {', '.join(missing)}")
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     family_models.ensure_family_models()
 
@@ -253,7 +317,7 @@ def main() -> None:
                 load_example(comfy_page, name)
                 graph_png = IMAGES_DIR / f"{name}.png"
                 page.screenshot(path=str(graph_png), clip=frame_graph(page))
-                thumbnail(graph_png, WORKFLOWS_DIR / f"{name}.jpg")
+                card_picture(graph_png, WORKFLOWS_DIR / f"{name}.jpg", cards[name])
                 logger.info("wrote %s and %s", graph_png.relative_to(REPO_ROOT),
                             (WORKFLOWS_DIR / f"{name}.jpg").relative_to(REPO_ROOT))
 
@@ -263,6 +327,10 @@ def main() -> None:
             chart_png = IMAGES_DIR / "schedule_chart.png"
             page.screenshot(path=str(chart_png), clip=zoom_on_node(page, schedule))
             logger.info("wrote %s", chart_png.relative_to(REPO_ROOT))
+
+            ranges_png = IMAGES_DIR / "schedule_chart_ranges.png"
+            ranges_chart(comfy_page).save(ranges_png)
+            logger.info("wrote %s", ranges_png.relative_to(REPO_ROOT))
 
             page.set_viewport_size({"width": 1400, "height": 1000})
             for renderer, caption in (("classic", "classic canvas"), ("vue", "Nodes 2.0 (Vue nodes)")):

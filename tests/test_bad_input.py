@@ -175,18 +175,50 @@ def test_v_prediction_shares_the_sigma_space(pack, counted, conds):
     assert torch.isfinite(out).all()
 
 
-def test_a_sampler_that_is_not_k_diffusion_is_refused(pack, counted, conds, evaluations):
+def test_a_sampler_that_is_not_k_diffusion_is_refused_where_members_aggregate(pack, counted, conds,
+                                                                             evaluations):
+    """Aggregating needs a k-diffusion SAMPLER stepped one step at a time: any other is
+    refused before any evaluation. With one member, or members that only hand over, it is
+    ComfyUI's own sampling of each stage, and any SAMPLER runs (as in KSamplerAdvanced)."""
+    import comfy.samplers
+    from comfyui_amdm.amdm_core import Schedule, StepRange
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    class OpaqueSampler(comfy.samplers.KSAMPLER):
+        """A SAMPLER of another pack that overrides sample(): runs euler its own way."""
+        def __init__(self):
+            super().__init__(comfy.samplers.ksampler("euler").sampler_function)
+            self.calls = 0
+
+        def sample(self, *args, **kwargs):
+            self.calls += 1
+            return super().sample(*args, **kwargs)
+
+    latent = torch.zeros(1, 4, 8, 8)
+    sigmas = torch.tensor([14.6, 1.0, 0.0])
+    guider = AMDMGuider([Member(counted, *conds, 7.0), Member(counted, *conds, 5.0)], Schedule())
+    with pytest.raises(ValueError, match="AMDMGuider: members aggregate one step at a time, through a "
+                                         "k-diffusion SAMPLER .* OpaqueSampler cannot be driven so"):
+        guider.sample(torch.randn_like(latent), latent, OpaqueSampler(), sigmas)
+    assert evaluations == []
+    sampler = OpaqueSampler()
+    AMDMGuider([Member(counted, *conds, 7.0)], Schedule()).sample(torch.randn_like(latent), latent, sampler, sigmas)
+    handoff = [Member(counted, *conds, 7.0, step_range=StepRange(end_step=1)),
+               Member(counted, *conds, 5.0, step_range=StepRange(start_step=1))]
+    AMDMGuider(handoff, Schedule(target_member=2)).sample(torch.randn_like(latent), latent, sampler, sigmas)
+    assert sampler.calls == 3 and len(evaluations) == 4
+
+
+def test_a_refused_sampler_runs_where_nothing_aggregates(pack, counted, conds, evaluations):
+    """dpm_adaptive cannot be stepped, but a window that holds no step leaves the target
+    alone: ComfyUI's own sampling, as KSampler."""
     import comfy.samplers
     from comfyui_amdm.amdm_core import Schedule
     from comfyui_amdm.nodes import AMDMGuider, Member
 
-    class OpaqueSampler(comfy.samplers.Sampler):
-        def sample(self, *args, **kwargs):
-            raise AssertionError("must not be called")
-
-    guider = AMDMGuider([Member(counted, *conds, 7.0), Member(counted, *conds, 5.0)], Schedule())
     latent = torch.zeros(1, 4, 8, 8)
-    with pytest.raises(TypeError, match="AMDM steps a k-diffusion SAMPLER"):
-        guider.sample(torch.randn_like(latent), latent, OpaqueSampler(),
-                      torch.tensor([14.6, 1.0, 0.0]))
-    assert evaluations == []
+    sigmas = torch.tensor([14.6, 1.0, 0.0])
+    guider = AMDMGuider([Member(counted, *conds, 7.0), Member(counted, *conds, 5.0)],
+                        Schedule(start_step=5, end_step=9))
+    guider.sample(torch.randn_like(latent), latent, comfy.samplers.sampler_object("dpm_adaptive"), sigmas)
+    assert evaluations

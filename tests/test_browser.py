@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
-from support.comfy_env import cache_dir, find_comfyui, load_comfy_extra_nodes
+from support.comfy_env import PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes, run_node
 from support.comfy_server import ComfyServer
 from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
@@ -34,21 +34,25 @@ from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
+TEMPLATE_INDEX = REPO_ROOT / "workflows" / "templates" / "index.json"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 950}
-PACK_NODE_TYPES = ("ModelStack", "AggregationSchedule", "AMDMGuider", "AMDMSampler")
+PACK_NODE_TYPES = ("ModelStack", "AggregationSchedule", "AMDMGuider", "AMDMSampler", "AMDMExpertBoundary")
 DISPLAY_NAMES = {"ModelStack": "AMDM Model Stack", "AggregationSchedule": "AMDM Aggregation Schedule",
-                 "AMDMGuider": "AMDM Guider", "AMDMSampler": "AMDM Sampler"}
+                 "AMDMGuider": "AMDM Guider", "AMDMSampler": "AMDM Sampler",
+                 "AMDMExpertBoundary": "AMDM Expert Boundary"}
 PACK_EXTENSION_PATH = "/extensions/comfyui-amdm/"
 # The frontend asks for a node's help in the user's language first (docs/<Node>/<locale>.md)
 # and falls back to docs/<Node>.md, the pack's one page for every language; the browser logs
 # the first request's 404.
 LOCALE_HELP_PROBE = re.compile(r"Failed to load resource: .*404.* @ \S+/docs/\w+/[\w-]+\.md$")
-# Colours the extension draws with (web/js/amdm.js): members 1 to 3, and the window bracket.
+# Colours the extension draws with (web/js/amdm/paint.js, chart.js): members 1 to 3, the
+# window bracket, and a hard handoff's line.
 MEMBER_RGB = [(0xF0, 0xA0, 0x4B), (0x4F, 0xB3, 0xF0), (0x7C, 0xCF, 0x6F)]
 WINDOW_RGB = (0xF0, 0xD0, 0x50)
+HANDOFF_RGB = (0xFF, 0xFF, 0xFF)
 # Console messages carry the stack of their caller, so that a message can be traced to a file.
 CONSOLE_STACKS = """(() => {
     for (const level of ["error", "warn"]) {
@@ -264,6 +268,8 @@ class ComfyPage:
             editor.press("Control+a")
             editor.press_sequentially(value)
             editor.press("Enter")
+            # The double click may have opened a second prompt under the first (1.27).
+            self.page.evaluate("() => document.querySelectorAll('.graphdialog').forEach((d) => d.close ? d.close() : d.remove())")
         self.page.mouse.move(5, VIEWPORT["height"] - 5)
         self.page.wait_for_timeout(400)
 
@@ -272,11 +278,83 @@ class ComfyPage:
             "([id, name]) => app.graph.getNodeById(id).widgets.find((w) => w.name === name).value",
             [node_id, widget_name])
 
+    def set_widget(self, node_id: int, widget_name: str, value: Any) -> None:
+        """Set a widget's value and call its callback, as the renderers do on an edit."""
+        self.page.evaluate("""([id, name, value]) => {
+            const widget = app.graph.getNodeById(id).widgets.find((w) => w.name === name);
+            widget.value = value;
+            widget.callback?.(value);
+        }""", [node_id, widget_name, value])
+
+    def stack_node_ids(self) -> list[int]:
+        """The ModelStack nodes, member 1 first."""
+        ids = self.page.evaluate("() => app.graph.nodes.filter((n) => n.type === 'ModelStack').map((n) => n.id)")
+        return sorted(ids, key=lambda node_id: self.graph_view("memberInfo", node_id)["index"])
+
+    def hooked_widgets(self) -> list[str]:
+        """`<node type>.<widget>` for every widget of the graph whose callback is a function
+        of the pack's files (a callback the extension wrapped), as Chromium's debugger
+        locates each function's source."""
+        labels = self.page.evaluate(
+            "() => app.graph.nodes.flatMap((n) => (n.widgets ?? []).map((w) => `${n.type}.${w.name}`))")
+        cdp = self.context.new_cdp_session(self.page)
+        try:
+            scripts: dict[str, str] = {}
+            cdp.on("Debugger.scriptParsed", lambda event: scripts.__setitem__(event["scriptId"], event.get("url", "")))
+            cdp.send("Debugger.enable")
+            callbacks = cdp.send("Runtime.evaluate", {"expression": (
+                "app.graph.nodes.flatMap((n) => (n.widgets ?? []).map((w) => w.callback ?? null))")})
+            listed = cdp.send("Runtime.getProperties", {"objectId": callbacks["result"]["objectId"], "ownProperties": True})
+            hooked = []
+            for entry in listed["result"]:
+                function = entry.get("value", {})
+                if not entry["name"].isdigit() or function.get("type") != "function":
+                    continue
+                internal = cdp.send("Runtime.getProperties", {"objectId": function["objectId"], "ownProperties": True})
+                location = next((p["value"]["value"] for p in internal.get("internalProperties", [])
+                                 if p["name"] == "[[FunctionLocation]]"), None)
+                if location and PACK_EXTENSION_PATH in scripts.get(location["scriptId"], ""):
+                    hooked.append(labels[int(entry["name"])])
+            return hooked
+        finally:
+            cdp.detach()
+
+    def nodes_over_chart(self) -> list[str]:
+        """The nodes whose box overlaps the schedule chart's, as the graph opened: on the
+        classic canvas from the nodes' positions and sizes (with their title bars), under
+        Vue nodes from the elements the renderer laid out."""
+        if self.vue:
+            self.page.wait_for_timeout(500)
+            return self.page.evaluate("""() => {
+                const schedule = app.graph.nodes.find((n) => n.type === "AggregationSchedule");
+                const chart = document.querySelector(`[data-node-id="${schedule.id}"] canvas`).getBoundingClientRect();
+                return [...document.querySelectorAll("[data-node-id]")]
+                    .filter((element) => element.dataset.nodeId !== String(schedule.id))
+                    .filter((element) => {
+                        const box = element.getBoundingClientRect();
+                        return box.left < chart.right && chart.left < box.right && box.top < chart.bottom && chart.top < box.bottom;
+                    })
+                    .map((element) => `${element.dataset.nodeId}:${app.graph.getNodeById(element.dataset.nodeId)?.type}`);
+            }""")
+        return self.page.evaluate("""(chartWidget) => {
+            app.canvas.draw(true, true);  // lays the widgets out (widget.y)
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            const schedule = app.graph.nodes.find((n) => n.type === "AggregationSchedule");
+            const widget = schedule.widgets.find((w) => w.name === chartWidget);
+            const chart = [schedule.pos[0], schedule.pos[1] + widget.y, schedule.size[0], widget.computeSize()[1]];
+            return app.graph.nodes.filter((n) => n !== schedule).filter((n) => {
+                const box = [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title];
+                return box[0] < chart[0] + chart[2] && chart[0] < box[0] + box[2]
+                    && box[1] < chart[1] + chart[3] && chart[1] < box[1] + box[3];
+            }).map((n) => `${n.id}:${n.type}`);
+        }""", "amdm_chart")
+
     def graph_view(self, function: str, node_id: int) -> dict:
         """Call one of the extension's exported view functions on a node."""
         return self.page.evaluate("""async ([fn, id, module]) => {
             const view = (await import(module))[fn](app.graph.getNodeById(id));
-            return JSON.parse(JSON.stringify(view));
+            // chartRequest: the route's body (the rest holds nodes)
+            return JSON.parse(JSON.stringify(fn === "chartRequest" ? {body: view.body} : view));
         }""", [function, node_id, self.extension_url("amdm.js")])
 
     def chart_view(self, node_id: int, timeout: float = 15.0) -> dict:
@@ -330,6 +408,19 @@ def shrink_loaded_graph(comfy_page: ComfyPage) -> None:
             app.graph.getNodeById(id).widgets.find((w) => w.name === name).value = value;
         }
     }""", changes)
+
+
+def with_optional_defaults(api_prompt: dict, object_info: dict) -> dict:
+    """An API prompt with the optional widget inputs it leaves out set to their declared
+    defaults, as the server runs it."""
+    completed = json.loads(json.dumps(api_prompt))
+    for node in completed.values():
+        optional = object_info[node["class_type"]]["input"].get("optional", {})
+        for name, spec in optional.items():
+            options = spec[1] if len(spec) > 1 else {}
+            if name not in node["inputs"] and "default" in options:
+                node["inputs"][name] = options["default"]
+    return completed
 
 
 def history(server_url: str) -> dict:
@@ -404,8 +495,13 @@ def session(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Fronte
 def test_workflow_loads_with_every_node_type(session: FrontendSession, name: str) -> None:
     session.page.load(load_ui_workflow(name))
     assert session.page.missing_node_types() == []
-    # The frontend's own conversion of the loaded graph is the shipped API file.
-    assert graph_differences(session.page.prompt_from_frontend(), load_api_workflow(name)) == []
+    # The frontend's own conversion of the loaded graph is the shipped API file (which may
+    # leave out optional widgets at their defaults: the frontend writes them all).
+    api_prompt = with_optional_defaults(load_api_workflow(name), session.server.object_info())
+    assert graph_differences(session.page.prompt_from_frontend(), api_prompt) == []
+    # The schedule chart sits under no other node (nor over one), in either renderer.
+    if "AggregationSchedule" in {node["type"] for node in load_ui_workflow(name)["nodes"]}:
+        assert session.page.nodes_over_chart() == []
     if not session.page.frontend.vue:  # Vue nodes size themselves after the first paint
         frame = session.page.graph_frame()
         assert frame["scale"] >= 0.6, frame  # text stays readable
@@ -474,6 +570,208 @@ def test_member_badges_follow_the_chain(session: FrontendSession) -> None:
     assert view["exact"] is True and view["stepCount"] == 25 and view["targetIndex"] == 2
 
 
+def test_only_the_charts_inputs_are_hooked(session: FrontendSession) -> None:
+    """A graph without the pack's nodes keeps every widget callback as it was; with them, the
+    extension wraps the callbacks of the widgets its chart and badges read, and no others."""
+    page = session.page
+    page.page.evaluate("async () => { await app.loadGraphData(); }")  # the frontend's default graph
+    page.page.wait_for_timeout(300)
+    types = page.page.evaluate("() => app.graph.nodes.map((n) => n.type)")
+    assert "KSampler" in types and not set(types) & set(PACK_NODE_TYPES)
+    widgets = page.page.evaluate("() => app.graph.nodes.flatMap((n) => n.widgets ?? []).length")
+    assert widgets > 5
+    assert page.hooked_widgets() == []
+
+    page.load(load_ui_workflow("amdm_three_members_guider"))
+    page.page.wait_for_timeout(300)
+    stack_widgets = ["name", "weight", "deviation", "start_percent", "end_percent", "start_step", "end_step"]
+    schedule_widgets = page.page.evaluate("""() => app.graph.nodes.find((n) => n.type === "AggregationSchedule")
+        .widgets.filter((w) => w.serialize !== false).map((w) => w.name)""")
+    expected = (3 * [f"ModelStack.{name}" for name in stack_widgets]
+                + [f"AggregationSchedule.{name}" for name in schedule_widgets]
+                # The target's loader and the sigmas behind SamplerCustomAdvanced.
+                + ["CheckpointLoaderSimple.ckpt_name", "KarrasScheduler.steps", "KarrasScheduler.sigma_max",
+                   "KarrasScheduler.sigma_min", "KarrasScheduler.rho"])
+    assert sorted(page.hooked_widgets()) == sorted(expected)
+
+    # Back to a graph without them: the wrapped callbacks are restored.
+    page.page.evaluate("async () => { await app.loadGraphData(); }")
+    page.page.wait_for_timeout(300)
+    assert page.hooked_widgets() == []
+
+
+def test_chart_request_is_built_only_when_an_input_changes(session: FrontendSession) -> None:
+    """Redraws read the chart's last answer; only an edit reads the graph and serialises a
+    request again."""
+    page = session.page
+    page.load(load_ui_workflow("amdm_two_members"))
+    schedule = page.node_id("AggregationSchedule")
+    page.chart_view(schedule)
+    page.frame_node(schedule)
+    # Count the request bodies serialised from now on.
+    page.page.evaluate("""() => {
+        const stringify = JSON.stringify;
+        window.amdmTestRequests = 0;
+        window.amdmTestStringify = stringify;
+        JSON.stringify = function (value, ...rest) {
+            if (value && typeof value === "object" && "schedule" in value && "members" in value) window.amdmTestRequests++;
+            return stringify.call(this, value, ...rest);
+        };
+    }""")
+    try:
+        for _ in range(10):
+            page.page.evaluate("""(id) => {
+                app.canvas.draw(true, true);
+                for (const widget of app.graph.getNodeById(id).widgets) widget.triggerDraw?.();
+            }""", schedule)
+            page.page.wait_for_timeout(50)
+        assert page.page.evaluate("() => window.amdmTestRequests") == 0
+
+        page.type_into_widget(schedule, "end_percent", "0.6")
+        assert page.page.evaluate("() => window.amdmTestRequests") >= 1
+    finally:
+        page.page.evaluate("() => { JSON.stringify = window.amdmTestStringify; }")
+    assert page.chart_view(schedule)["inWindow"] == list(range(15))
+
+
+def test_chart_shows_member_ranges_and_handoffs(session: FrontendSession, pack, sd15) -> None:
+    """Members with ranges of their own: the chart shows each one's steps, the aggregated
+    overlap and the handoff where the sampler's plan has them."""
+    import dataclasses
+
+    from comfy.samplers import KSampler
+    from comfyui_amdm.amdm_core import Schedule, StepRange
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    page = session.page
+    page.load(load_ui_workflow("amdm_two_members"))
+    schedule = page.node_id("AggregationSchedule")
+    first, second = page.stack_node_ids()
+    before = page.node_image(schedule, "ranges_none.png")
+    sigmas = KSampler(sd15.model, steps=25, device="cpu", sampler="euler", scheduler="normal",
+                      model_options=sd15.model.model_options).sigmas
+
+    def sampler_plan(view: dict, ranges: list[StepRange]) -> Any:
+        fields = {field.name for field in dataclasses.fields(Schedule)}
+        members = [Member(sd15.model, [], [], 7.0, step_range=own) for own in ranges]
+        return AMDMGuider(members, Schedule(**{k: v for k, v in view["schedule"].items() if k in fields})).plan(sigmas)
+
+    # A hard switch at 0.5: member 1 alone, then member 2, the target, alone.
+    page.type_into_widget(page.node_id("AggregationSchedule"), "target_member", "2")
+    page.type_into_widget(first, "end_percent", "0.5")
+    page.type_into_widget(second, "start_percent", "0.5")
+    hard = page.chart_view(schedule)
+    plan = sampler_plan(hard, [StepRange(0.0, 0.5), StepRange(0.5, 1.0)])
+    switch = plan.active[1].start
+    assert hard["ranges"] == [[r.start, r.stop] for r in plan.active] == [[0, switch], [switch, 25]]
+    assert len(plan.stages) == 2 and not plan.windows
+    assert hard["handoffs"] == [{"from": 0, "to": 1, "start": switch, "stop": switch}]
+    assert hard["aggregated"] == [] and hard["problem"] is None
+    hard_image = page.node_image(schedule, "ranges_hard.png")
+    # The handoff's white line crosses the plot; no window or overlap is marked.
+    assert colour_pixels(hard_image, HANDOFF_RGB, 8) - colour_pixels(before, HANDOFF_RGB, 8) > 60
+    assert colour_pixels(hard_image, WINDOW_RGB, 12) < 20
+
+    # Overlapping ranges: both members aggregate across the boundary (a soft handoff).
+    page.type_into_widget(first, "end_percent", "0.6")
+    page.type_into_widget(second, "start_percent", "0.4")
+    soft = page.chart_view(schedule)
+    plan = sampler_plan(soft, [StepRange(0.0, 0.6), StepRange(0.4, 1.0)])
+    overlap = [[span.steps.start, span.steps.stop] for span in plan.spans if span.aggregated]
+    assert soft["ranges"] == [[r.start, r.stop] for r in plan.active]
+    assert len(overlap) == 1 and overlap[0][1] - overlap[0][0] >= 3
+    assert soft["aggregated"] == overlap
+    assert soft["handoffs"] == [{"from": 0, "to": 1, "start": overlap[0][0], "stop": overlap[0][1]}]
+    # Inside the overlap both members share the latent; outside it one member steps alone.
+    assert all(0 < share < 1 for k in range(*overlap[0]) for share in soft["shares"][k])
+    assert soft["shares"][0] == [1, 0] and soft["shares"][24] == [0, 1]
+    soft_image = page.node_image(schedule, "ranges_soft.png")
+    assert colour_pixels(soft_image, WINDOW_RGB, 12) > 30  # the overlap's bracket
+
+    # Ranges fed by AMDM Expert Boundary: the route runs the node on the target's model, as the
+    # graph will when it runs.
+    page.page.evaluate("""([first, second]) => {
+        const boundary = LiteGraph.createNode("AMDMExpertBoundary");
+        boundary.pos = [400, 1000];
+        app.graph.add(boundary);
+        const stack = app.graph.getNodeById(first);
+        const link = stack.getInputLink(stack.inputs.findIndex((i) => i.name === "model"));
+        app.graph.getNodeById(link.origin_id).connect(link.origin_slot, boundary, "model");
+        boundary.connect(0, stack, "end_percent");
+        boundary.connect(1, app.graph.getNodeById(second), "start_percent");
+    }""", [first, second])
+    fed = page.chart_view(schedule)
+    end, start = run_node("AMDMExpertBoundary", model=sd15.model, preset="Wan 2.2 T2V (0.875)", boundary=0.875,
+                          unit="timestep", overlap=0.0)
+    plan = sampler_plan(fed, [StepRange(0.0, end), StepRange(start, 1.0)])
+    assert fed["computed"] == [] and fed["problem"] is None
+    assert fed["ranges"] == [[r.start, r.stop] for r in plan.active] and len(plan.stages) == 2
+
+
+def test_badges_follow_a_renderer_switch(browser: Browser, current_frontend_server: ComfyServer) -> None:
+    """Nodes 2.0 switched on with a graph open on the classic canvas, its ModelStack nodes
+    off screen at the switch: their badges show without loading the graph again."""
+    page = ComfyPage(browser, current_frontend_server.url, Frontend(True, "classic"))
+    try:
+        page.load(load_ui_workflow("amdm_two_members"))
+        stacks = page.stack_node_ids()
+        page.page.evaluate("() => { app.canvas.ds.offset = [-5000, -5000]; app.canvas.setDirty(true, true); }")
+        page.page.wait_for_timeout(300)
+        page.set_setting("Comfy.VueNodes.Enabled", True)
+        page.frontend = Frontend(True, "vue")
+        page.page.wait_for_timeout(1000)
+        for index, node_id in enumerate(stacks):
+            image = page.node_image(node_id, f"switched_member_{index + 1}.png")
+            assert colour_pixels(image, MEMBER_RGB[index], 12) > 150, f"no badge on member {index + 1}"
+        assert page.log.from_pack() == []
+    finally:
+        page.close()
+
+
+def test_template_cards_describe_every_example() -> None:
+    """Every example has a card (title, one-line description), the minimal one first; its
+    picture is square, as both frontends show template pictures."""
+    categories = json.loads(TEMPLATE_INDEX.read_text(encoding="utf-8"))
+    cards = [card for category in categories for card in category["templates"]]
+    assert cards[0]["name"] == "amdm_two_members"
+    assert sorted(card["name"] for card in cards) == WORKFLOW_NAMES
+    for card in cards:
+        assert card["title"].strip() and card["description"].strip() and "\n" not in card["description"], card
+        with Image.open(REPO_ROOT / "workflows" / f"{card['name']}.jpg") as picture:
+            assert picture.width == picture.height >= 256, card["name"]
+
+
+def test_template_browser_shows_the_cards(session: FrontendSession) -> None:
+    """The frontend's template browser lists the pack's examples, with square card pictures."""
+    page = session.page
+    served = []
+
+    def record(response: Any) -> None:
+        if f"/workflow_templates/{PACK_DIR_NAME}/" in response.url:
+            served.append(response)
+
+    page.page.on("response", record)
+    try:
+        page.page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        dialog = page.page.locator(".p-dialog, [role=dialog]").last
+        dialog.get_by_text(PACK_DIR_NAME, exact=True).first.click(timeout=15_000)
+        for name in WORKFLOW_NAMES:  # each card's title is its file name
+            dialog.get_by_text(name, exact=True).first.wait_for(timeout=15_000)
+        page.page.wait_for_timeout(1000)
+        # The frontends load card pictures as blobs, the visible ones first.
+        pictures = page.page.evaluate("""() => [...document.querySelectorAll("img[src^='blob:']")]
+            .filter((picture) => picture.complete && picture.naturalWidth > 0)
+            .map((picture) => [picture.naturalWidth, picture.naturalHeight])""")
+        (ARTIFACTS / f"{page.frontend}_templates.png").write_bytes(page.page.screenshot())
+    finally:
+        page.page.remove_listener("response", record)
+        page.page.keyboard.press("Escape")
+        page.dismiss_dialogs()
+    jpgs = {response.url.rsplit("/", 1)[-1]: response.status for response in served if response.url.endswith(".jpg")}
+    assert jpgs and set(jpgs) <= {f"{name}.jpg" for name in WORKFLOW_NAMES} and set(jpgs.values()) == {200}, jpgs
+    assert len(pictures) >= 2 and all(width == height for width, height in pictures), pictures
+
+
 def test_help_pages_show_as_lists(session: FrontendSession) -> None:
     page = session.page
     page.load(load_ui_workflow("amdm_three_members_guider"))
@@ -530,8 +828,10 @@ def test_chart_follows_a_flow_models_shift(session: FrontendSession, comfy, sd15
         shift.widgets.find((w) => w.name === "shift").value = 3.0;
         loader.connect(link.origin_slot, shift, 0);
         shift.connect(0, stack, "model");
-        app.graph.nodes.find((n) => n.type === "AMDMSampler").widgets
-            .find((w) => w.name === "scheduler").value = "karras";
+        const scheduler = app.graph.nodes.find((n) => n.type === "AMDMSampler").widgets
+            .find((w) => w.name === "scheduler");
+        scheduler.value = "karras";
+        scheduler.callback?.(scheduler.value);
     }""")
     view = page.chart_view(schedule)
     model = comfy.run("ModelSamplingSD3", model=sd15.model, shift=3.0)[0]
@@ -626,7 +926,8 @@ def test_chart_route_window_is_the_samplers_window(comfy_server, comfy, pack, sd
             sigmas = KSampler(model, steps=settings["steps"], device="cpu", sampler=settings["sampler_name"],
                               scheduler=settings["scheduler"], denoise=settings["denoise"],
                               model_options=model.model_options).sigmas
-            expected = AMDMGuider(members, Schedule(**case["schedule"])).window(sigmas)
+            # Member 2, not the target and with no range of its own, steps in the window.
+            expected = AMDMGuider(members, Schedule(**case["schedule"])).plan(sigmas).active[1]
             answer = post_chart(comfy_server.url, {"schedule": case["schedule"], "members": [{"weight": 1}] * 2,
                                                    "model_sampling": chain, "sigmas": {"sampler": settings}})
             windows += len(expected)
@@ -652,7 +953,7 @@ def test_chart_route_reads_the_family_from_the_loaders_file(family_server, pack,
     settings = {"steps": 20, "scheduler": "karras", "sampler_name": "euler", "denoise": 1.0}
     sigmas = KSampler(model, steps=20, device="cpu", sampler="euler", scheduler="karras",
                       model_options=model.model_options).sigmas
-    expected = AMDMGuider([Member(model, [], [], 1.0)] * 2, Schedule()).window(sigmas)
+    expected = AMDMGuider([Member(model, [], [], 1.0)] * 2, Schedule()).plan(sigmas).active[1]
     request = {"schedule": {}, "members": [{"weight": 1}] * 2, "sigmas": {"sampler": settings}}
     loader = {"class_type": "UNETLoader", "inputs": {"unet_name": file_name, "weight_dtype": "default"}}
     answer = post_chart(family_server.url, {**request, "loader": loader})
@@ -681,22 +982,52 @@ def test_chart_route_runs_the_sigmas_nodes(comfy_server, comfy, sd15) -> None:
     assert answer["exact"] is False and "does not produce SIGMAS" in answer["note"]
 
 
-def test_chart_route_shares_are_the_samplers_coefficients(comfy_server, pack) -> None:
-    from comfyui_amdm.amdm_core import member_coefficients, step_weights
+def test_chart_route_shares_are_the_samplers_coefficients(comfy_server, pack, sd15) -> None:
+    """The route's ranges and shares against the sampler's plan for the same members, on the
+    sigmas KSampler computes for an SD1.5 model (the route assumes SD1.x sigmas without a
+    loader)."""
+    from comfy.samplers import KSampler
+    from comfyui_amdm.amdm_core import Schedule, StepRange, member_coefficients
+    from comfyui_amdm.nodes import AMDMGuider, Member
+
+    sigmas = KSampler(sd15.model, steps=10, device="cpu", sampler="euler", scheduler="simple",
+                      model_options=sd15.model.model_options).sigmas
+
+    def sampler_plan(schedule: dict, weights: list[float], ranges: list[StepRange | None]) -> Any:
+        members = [Member(sd15.model, [], [], 7.0, weight=w, step_range=r) for w, r in zip(weights, ranges)]
+        return AMDMGuider(members, Schedule(**schedule)).plan(sigmas)
 
     schedule = {"end_percent": 0.5, "aggregation": "paper", "weight_curve": "cosine_decay", "target_member": 2}
-    answer = post_chart(comfy_server.url, {"schedule": schedule, "members": [{"weight": 0.5}, {"weight": 1.0}, {"weight": 2.0}],
+    weights = [0.5, 1.0, 2.0]
+    answer = post_chart(comfy_server.url, {"schedule": schedule, "members": [{"weight": w} for w in weights],
                                            "sigmas": {"sampler": {"steps": 10, "scheduler": "simple"}}})
-    first, stop = answer["window"]
-    assert (first, stop) == (0, 5)
-    weights = step_weights([0.5, 1.0, 2.0], 1, "cosine_decay", stop - first)
-    assert np.allclose(answer["shares"][first:stop], [member_coefficients(row, "paper").tolist() for row in weights])
-    assert answer["shares"][stop:] == [[0.0, 1.0, 0.0]] * (10 - stop)
+    plan = sampler_plan(schedule, weights, [None] * 3)
+    [window] = plan.windows.values()
+    assert answer["window"] == [window.steps.start, window.steps.stop] == [0, 5]
+    assert answer["ranges"] == [[r.start, r.stop] for r in plan.active] == [[0, 5], [0, 10], [0, 5]]
+    assert np.allclose(answer["shares"][0:5], [member_coefficients(row, "paper").tolist() for row in window.weights])
+    assert answer["shares"][5:] == [[0.0, 1.0, 0.0]] * 5
+
+    # Ranges of the members' own: member 1 alone, both across the overlap, member 2 alone.
+    ranges = [{"end_percent": 0.6}, {"start_percent": 0.4}]
+    overlap = {"target_member": 2, "aggregation": "linear"}
+    answer = post_chart(comfy_server.url, {"schedule": overlap, "members": [{"weight": 1.0, **r} for r in ranges],
+                                           "sigmas": {"sampler": {"steps": 10, "scheduler": "simple"}}})
+    plan = sampler_plan(overlap, [1.0, 1.0], [StepRange(end_percent=0.6), StepRange(start_percent=0.4)])
+    [window] = plan.windows.values()
+    assert answer["ranges"] == [[r.start, r.stop] for r in plan.active] == [[0, 6], [4, 10]]
+    assert answer["problem"] is None
+    first, stop = window.steps.start, window.steps.stop
+    assert answer["shares"][:first] == [[1.0, 0.0]] * first and answer["shares"][stop:] == [[0.0, 1.0]] * (10 - stop)
+    assert np.allclose(answer["shares"][first:stop], [member_coefficients(row, "linear").tolist() for row in window.weights])
+
     # What the sampler would refuse is the chart's message.
     refused = post_chart(comfy_server.url, {"schedule": {"start_percent": 0.6, "end_percent": 0.5}, "members": []})
     assert "end_percent" in refused["problem"] and refused["window"] == [20, 20]
     assert post_chart(comfy_server.url, {"schedule": {"target_member": 3}, "members": [{"weight": 1}] * 2})["problem"] \
         == "target_member 3 > 2 member(s)"
+    gap = post_chart(comfy_server.url, {"schedule": {}, "members": [{"end_percent": 0.3}, {"start_percent": 0.6}]})
+    assert "in no member's range" in gap["problem"]
 
 
 def test_every_node_has_help_the_frontend_finds(comfy_server) -> None:

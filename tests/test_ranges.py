@@ -116,7 +116,7 @@ def test_an_overlap_aggregates_across_the_boundary(amdm, model_a, model_b, promp
 
 @pytest.mark.parametrize("ranges, message", [
     (((0, 3), (4, STEPS)), r"steps 3 to 3 \(progress .*\) are in no member's range"),
-    (((0, STEPS), (20, 30)), r"member 2: its range \[0.0, 1.0\), steps \[20, 30\) holds none of this run's 8 steps"),
+    (((0, STEPS), (20, 30)), r"member 2: its range \[0.0, 1.0\), steps \[20, end\) holds none of this run's 8 steps"),
     (((0, 4), (4, STEPS)), r"the target, member 1, is not active at the last step"),
 ])
 def test_bad_ranges_are_errors_before_any_evaluation(amdm, model_a, model_b, prompts, ranges, message):

@@ -148,3 +148,27 @@ def test_a_sampler_the_table_does_not_know_is_probed(amdm, model_a, model_b, pro
     assert torch.equal(renamed, sample(kd.sample_euler))
     with pytest.raises(ValueError, match="'sample_my_unipc' .* ignores the model"):
         sample(sample_my_unipc)
+
+
+def test_a_sampler_with_churn_churns_each_step_as_in_one_call(amdm, model_a, model_b, prompts):
+    """euler with s_churn (a SAMPLER that sets it, as custom sampler nodes do) adds
+    s_churn / steps of noise per step of a call: driven in pieces, each call gets its share
+    of the run's s_churn, not the whole of it at every step."""
+    import comfy.k_diffusion.sampling
+    Member, Schedule = amdm
+    churns = []
+
+    @functools.wraps(comfy.k_diffusion.sampling.sample_euler)
+    def sample_euler(model, x, sigmas, **kwargs):
+        churns.append((len(sigmas) - 1, kwargs["s_churn"]))
+        return comfy.k_diffusion.sampling.sample_euler(model, x, sigmas, **kwargs)
+
+    sampler = comfy.samplers.KSAMPLER(sample_euler, extra_options={"s_churn": 8.0})
+    stack = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+             Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    guider = run_node("AMDMGuider", stack=tuple(stack), schedule=Schedule(end_step=2, end_percent=1.0))[0]
+    sigmas = comfy.samplers.calculate_sigmas(model_a.get_model_object("model_sampling"), "normal", 8)
+    run_node("SamplerCustomAdvanced", noise=run_node("RandomNoise", noise_seed=1)[0], guider=guider,
+             sampler=sampler, sigmas=sigmas, latent_image=empty_latent())
+    # two window steps (both members), then the target's six steps in one call
+    assert churns == [(1, 1.0)] * 4 + [(6, 6.0)]

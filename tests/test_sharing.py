@@ -13,6 +13,7 @@ import weakref
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sampler_helpers
+import comfy.samplers
 import pytest
 import torch
 
@@ -147,19 +148,22 @@ def test_only_members_that_need_no_switch_may_step_in_parallel(amdm, model_a, mo
     assert sharing.switch_weights(own, members, 0, 1)
     assert not sharing.switch_weights(own, members, 0, 2)
     assert not sharing.switch_weights(own, members, 0, 3)
-    assert not sharing.switch_weights(sharing.resident_models(members, 0), members, 0, 1)
+    from comfyui_amdm.amdm_core import Span
+    every_step = [Span(range(0, 4), (0, 1, 2, 3))]
+    assert not sharing.switch_weights(sharing.resident_models(members, 0, every_step), members, 0, 1)
 
 
-def _count_unet_calls(model):
-    """A clone of ``model`` whose UNet calls (and their batch sizes) are recorded."""
-    counted = model.clone()
+@contextlib.contextmanager
+def unet_batches(model):
+    """The batch size of every call of ``model``'s torch module (all its clones), recorded
+    by a forward hook on the module: no model option, so batching is not affected."""
     batches = []
-
-    def wrapper(apply_model, args):
-        batches.append(args["input"].shape[0])
-        return apply_model(args["input"], args["timestep"], **args["c"])
-    counted.set_model_unet_function_wrapper(wrapper)
-    return counted, batches
+    handle = model.model.diffusion_model.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(args[0].shape[0]), with_kwargs=True)
+    try:
+        yield batches
+    finally:
+        handle.remove()
 
 
 def test_members_with_one_checkpoint_and_one_latent_share_one_unet_call_per_step(
@@ -171,25 +175,26 @@ def test_members_with_one_checkpoint_and_one_latent_share_one_unet_call_per_step
     Member, Schedule = amdm
     # Shared noise: the members step from one latent from the window's first step on.
     schedule = Schedule(end_percent=0.5, noise_mode="shared")
-    counted, batches = _count_unet_calls(model_a)
+    counted = model_a.clone()
     empty_again = encode(sd15[1], "")
     assert empty_again[0][0] is not prompts["empty"][0][0]
-    batched = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
-                            Member(counted, prompts["blue"], empty_again, 5.0)],
-                           schedule, "euler")
-    # Every step one call: the 4 window steps on red, blue and one empty, the rest on 2.
-    assert len(batches) == STEPS and batches.count(3) == 4, batches
-    batches.clear()
-    amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
-                  Member(counted, prompts["blue"], prompts["cat"], 5.0)], schedule, "euler")
-    assert len(batches) == STEPS and batches.count(4) == 4, batches
-    apart = counted.clone()
-    apart.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k, v))
-    batches.clear()
-    sequential = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
-                               Member(apart, prompts["blue"], prompts["empty"], 5.0)],
-                              schedule, "euler")
-    assert len(batches) == STEPS + 4 and set(batches) == {2}
+    with unet_batches(model_a) as batches:
+        batched = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
+                                Member(counted, prompts["blue"], empty_again, 5.0)],
+                               schedule, "euler")
+        # Every step one call: the 4 window steps on red, blue and one empty, the rest on 2.
+        assert len(batches) == STEPS and batches.count(3) == 4, batches
+        batches.clear()
+        amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
+                      Member(counted, prompts["blue"], prompts["cat"], 5.0)], schedule, "euler")
+        assert len(batches) == STEPS and batches.count(4) == 4, batches
+        apart = counted.clone()
+        apart.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k, v))
+        batches.clear()
+        sequential = amdm_sampler([Member(counted, prompts["red"], prompts["empty"], 7.0),
+                                   Member(apart, prompts["blue"], prompts["empty"], 5.0)],
+                                  schedule, "euler")
+        assert len(batches) == STEPS + 4 and set(batches) == {2}
     # One batched call rounds differently from two: a few ulps of the latent's scale.
     torch.testing.assert_close(batched, sequential, rtol=1e-4,
                                atol=1e-5 * sequential.abs().max().item())
@@ -255,3 +260,162 @@ def test_an_evicted_controlnet_is_loaded_again_before_its_member_runs(amdm, mode
                   Member(watched, positive, negative, 5.0)], Schedule(end_percent=0.5),
                  "euler")
     assert len(seen) == 4 and all(seen)
+
+
+# --- batching with the ecosystem's attention patches -----------------------------------------
+
+def _own_prompts(Member, model, other, prompts):
+    return [Member(model, prompts["red"], prompts["empty"], 7.0),
+            Member(other, prompts["blue"], prompts["cat"], 5.0)]
+
+
+def test_an_ipadapter_style_patch_sees_cond_and_uncond_per_member_when_batched(amdm, model_a, prompts):
+    """Two members with their own prompts and negatives on one MODEL with an attention patch
+    that indexes (cond, uncond)[i]: evaluated in one call, each item tagged 0 or 1, the
+    result is that of the same members on separately patched MODELs (never batched)."""
+    from support.patch_nodes import IPAdapterStylePatch
+    Member, Schedule = amdm
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
+    patched = model_a.clone()
+    patched.set_model_attn2_patch(IPAdapterStylePatch(1.3, 0.7))
+    separately = model_a.clone()
+    separately.set_model_attn2_patch(IPAdapterStylePatch(1.3, 0.7))
+    with unet_batches(model_a) as batches:
+        together = amdm_sampler(_own_prompts(Member, patched, patched, prompts), schedule, "euler")
+        assert batches.count(4) == 4, batches  # red, blue, empty, cat in one call per window step
+        batches.clear()
+        apart = amdm_sampler(_own_prompts(Member, patched, separately, prompts), schedule, "euler")
+        assert set(batches) == {2}, batches
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5 * apart.abs().max().item())
+    plain = amdm_sampler(_own_prompts(Member, model_a, model_a, prompts), schedule, "euler")
+    assert not torch.allclose(together, plain, atol=1e-3), "the patch must act"
+
+
+def test_patches_that_could_cross_members_are_not_batched(amdm, model_a, prompts):
+    """ComfyUI's own SAG records the negative's attention in its patch for its post-CFG
+    function; a unet function wrapper (reference-only) reads the batch layout itself: such
+    members are evaluated one at a time, and the result is that of separately patched
+    MODELs."""
+    from support.patch_nodes import reference_only_style
+    from comfyui_amdm.nodes import sharing
+    Member, Schedule = amdm
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
+    sag = run_node("SelfAttentionGuidance", model=model_a, scale=0.8, blur_sigma=2.0)[0]
+    reference = model_a.clone()
+    reference.set_model_unet_function_wrapper(reference_only_style(0.3))
+    assert sharing.batchable(model_a) and not sharing.batchable(sag) and not sharing.batchable(reference)
+    for model in (sag, reference):
+        alone = model.clone()
+        with unet_batches(model_a) as batches:
+            together = amdm_sampler(_own_prompts(Member, model, model, prompts), schedule, "euler")
+            assert max(batches) <= 2, batches
+        apart = amdm_sampler(_own_prompts(Member, model, alone, prompts), schedule, "euler")
+        torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-5 * apart.abs().max().item())
+
+
+def test_members_sharing_one_patch_object_on_two_models_are_tagged_too(amdm, model_a, prompts):
+    """Two MODELs that share one patch function object evaluate alike: they are batched,
+    and the patch still sees each member's cond and uncond."""
+    from support.patch_nodes import IPAdapterStylePatch
+    Member, Schedule = amdm
+    patch = IPAdapterStylePatch(1.5, 0.5)
+    first, second = model_a.clone(), model_a.clone()
+    first.set_model_attn2_patch(patch)
+    second.set_model_attn2_patch(patch)
+    with unet_batches(model_a) as batches:
+        amdm_sampler(_own_prompts(Member, first, second, prompts), Schedule(end_percent=0.5, noise_mode="shared"),
+                     "euler")
+    assert batches.count(4) == 4, batches
+
+
+# --- what a resident copy costs and when it is made --------------------------------------------
+
+def test_no_resident_copy_when_the_members_never_step_in_turn(amdm, model_a, prompts, fixture_files, monkeypatch):
+    """A LoRA clone whose window holds no step of the run, or that only hands over to the
+    target, needs no copy of the checkpoint."""
+    from comfyui_amdm.amdm_core import StepRange
+    from comfyui_amdm.nodes import compat
+    Member, Schedule = amdm
+    lora = lora_clone(model_a, fixture_files, 0.9)
+    with recording(monkeypatch, compat, "independent_copy") as copies:
+        amdm_sampler([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                      Member(lora, prompts["blue"], prompts["empty"], 5.0)],
+                     Schedule(start_step=50, end_step=60), "euler")
+        amdm_sampler([Member(lora, prompts["blue"], prompts["empty"], 5.0, step_range=StepRange(end_step=3)),
+                      Member(model_a, prompts["red"], prompts["empty"], 7.0, step_range=StepRange(start_step=3))],
+                     Schedule(target_member=2), "euler")
+        assert copies == []
+        amdm_sampler([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                      Member(lora, prompts["blue"], prompts["empty"], 5.0)], Schedule(end_step=2), "euler")
+        assert len(copies) == 1
+
+
+def test_the_memory_check_counts_a_shared_checkpoint_once(model_a, fixture_files):
+    """A target and its LoRA clone hold one module: one more copy needs twice the module and
+    the inference reserve, not three times."""
+    from comfyui_amdm.nodes import sharing
+    lora = lora_clone(model_a, fixture_files)
+    size = model_a.model_size()
+    assert sharing.copy_memory_needed([model_a, lora], lora) == \
+        2 * size + int(comfy.model_management.minimum_inference_memory())
+
+
+def test_a_resident_copy_shares_no_hook_state_with_its_original(model_a, fixture_files):
+    from comfyui_amdm.nodes import compat
+    lora = lora_clone(model_a, fixture_files, 0.4)
+    copy = compat.independent_copy(lora)
+    assert copy.model is not lora.model and copy.parent is None
+    assert copy.hook_backup is not lora.hook_backup and copy.hook_backup == {}
+
+
+def test_members_on_devices_load_in_one_call(amdm, model_a, model_b, prompts, monkeypatch):
+    """Before the members of a window step run on their devices, they are loaded together:
+    one load call for all of them, reserving what each one's sampling reserves, so that two
+    checkpoints on one GPU cannot evict each other before the workers run."""
+    from comfyui_amdm.nodes import sessions
+    guiders = []
+    for model, prompt in ((model_a, prompts["red"]), (model_b, prompts["blue"])):
+        guider = comfy.samplers.CFGGuider(model.clone())
+        guider.set_conds(prompt, prompts["empty"])
+        guider.loaded_models = []
+        guiders.append(guider)
+    comfy.model_management.unload_all_models()
+    with recording(monkeypatch, comfy.model_management, "load_models_gpu") as loads:
+        sessions.load_together(guiders, 300, 200)
+    assert len(loads) == 1
+    args, kwargs = loads[0]
+    assert [p.model for p in args[0]] == [model_a.model, model_b.model]
+    assert (kwargs["memory_required"], kwargs["minimum_memory_required"]) == (300, 200)
+    loaded = comfy.model_management.loaded_models()
+    assert all(any(m is g.model_patcher for m in loaded) for g in guiders)
+
+
+def test_a_worker_error_is_raised_once_every_device_answered():
+    """One device's step fails: the others' results are collected first, so that no worker
+    is left with a result nobody reads (the next step would read it as its own)."""
+    import threading
+    from comfyui_amdm.nodes import compat, guider
+    devices = [torch.device("cpu", 0), torch.device("cpu", 1)]
+    pool = compat.device_pool(devices)
+    if pool is None:  # releases without ComfyUI's multi-GPU pool step members one after another
+        import importlib.util
+        assert importlib.util.find_spec("comfy.multigpu") is None
+        return
+    release = threading.Event()
+
+    def fails():
+        raise RuntimeError("device 0 failed")
+
+    def slow(value):
+        release.wait(5)
+        return [torch.tensor(value)]
+    try:
+        pool.submit(devices[0], fails)
+        pool.submit(devices[1], slow, 1.0)
+        threading.Timer(0.2, release.set).start()
+        with pytest.raises(RuntimeError, match="device 0 failed"):
+            guider.gather(pool, {devices[0]: [0], devices[1]: [1]}, 2)
+        pool.submit(devices[1], lambda: [torch.tensor(2.0)])
+        assert pool.get_result(devices[1])[0][0].item() == 2.0
+    finally:
+        pool.shutdown()

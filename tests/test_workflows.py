@@ -1,15 +1,15 @@
 """The shipped example workflows: each API file runs on tiny models of its family, and each UI
 file is the same graph as its API twin.
 
-The shipped files use real-world sizes (512x512 to 1024x1024, 20-30 steps); the runs here use
-small variants derived from them (at most 64 pixels a side, 4 steps, 5 video frames), so that
-the CPU runs take seconds.
+The shipped files use real-world sizes (512x512 to 1024x1024, 20-30 steps, 8 for a distilled
+LoRA); the runs here use small variants derived from them (at most 64 pixels a side, 4 steps, 5
+video frames), so that the CPU runs take seconds.
 
 Where ComfyUI's stock loaders accept the tiny files (SD1.5 fixtures, SD3.5, Wan) a workflow
 runs through ``/prompt`` on the real server; the SDXL and Flux models are detected only at full
 size, so those workflows run in process with the loader nodes replaced. Text encoders that cannot
 be made small (CLIP-G, T5-XXL, UMT5-XXL) are replaced by the CLIP-L stand-in of
-``support.family_models``.
+``support.family_models``, and every LoRA by the SD1.5 fixture LoRA.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from support import family_models
+from support import family_models, fixture_models
 from support.comfy_env import find_comfyui, run_node
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +46,12 @@ GEOMETRY_SCALE = 512 // SMALL_SIDE
 SMALL_VIDEO_LENGTH = 5  # frames: two Wan latent frames
 LATENT_SIZE_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "ImageScale")
 TEXT_ENCODER_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
+LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
+# Examples with a distillation LoRA sample in few steps, as their LoRA is made to.
+FEW_STEP_EXAMPLES = {"amdm_sd15_hyper_stages": 8}
+WAN22 = "amdm_wan22_t2v_experts"
+# The Wan 2.2 example with the overlap its notes describe: a soft handoff.
+SOFT_HANDOFF = {"AMDMExpertBoundary": {"overlap": 0.1}}
 
 
 def load_ui_workflow(name: str) -> dict:
@@ -80,11 +86,20 @@ def latent_sizes(api_prompt: dict) -> list[tuple[int, int]]:
             if node["class_type"] in LATENT_SIZE_NODES]
 
 
+def has_step_ranges(api_prompt: dict) -> bool:
+    """Whether a member's range counts steps (start_step / end_step), which are for the
+    shipped step count."""
+    return any(node["class_type"] == "ModelStack" and
+               any(node["inputs"].get(key, 0) != 0 for key in ("start_step", "end_step"))
+               for node in api_prompt.values())
+
+
 def small_variant(api_prompt: dict, keep_steps: bool = False) -> dict:
-    """An API prompt with every size knob (steps unless ``keep_steps``, image and box geometry,
-    batch, frames) shrunk."""
+    """An API prompt with every size knob (steps unless ``keep_steps`` or members' ranges count
+    steps, image and box geometry, batch, frames) shrunk."""
     prompt = copy.deepcopy(api_prompt)
     scale = max(max(size) for size in latent_sizes(api_prompt)) / SMALL_SIDE
+    keep_steps = keep_steps or has_step_ranges(api_prompt)
     for node in prompt.values():
         for input_name, value in node["inputs"].items():
             if not isinstance(value, list) and not (keep_steps and input_name == "steps"):
@@ -102,6 +117,26 @@ def runs_on_the_server(api_prompt: dict) -> bool:
     """Whether ComfyUI's stock loaders accept the tiny stand-ins of every model the prompt names."""
     return all(name not in family_models.MODELS or family_models.MODELS[name].family.stock_loader
                for name in model_names(api_prompt))
+
+
+def with_inputs(api_prompt: dict, changes: dict[str, dict[str, Any]]) -> dict:
+    """An API prompt with the inputs ``changes`` names set on every node of each class type."""
+    prompt = copy.deepcopy(api_prompt)
+    for class_type, inputs in changes.items():
+        nodes = [node for node in prompt.values() if node["class_type"] == class_type]
+        assert nodes, f"the prompt has no {class_type} node"
+        for node in nodes:
+            node["inputs"].update(inputs)
+    return prompt
+
+
+def with_fixture_lora(api_prompt: dict) -> dict:
+    """Every LoRA loader on the SD1.5 fixture LoRA, the one LoRA the test models have."""
+    prompt = copy.deepcopy(api_prompt)
+    for node in prompt.values():
+        if node["class_type"] in LORA_LOADERS:
+            node["inputs"]["lora_name"] = fixture_models.LORA_NAME
+    return prompt
 
 
 def with_text_encoder_stand_in(api_prompt: dict) -> dict:
@@ -274,7 +309,10 @@ def test_examples_use_real_world_sizes(name: str) -> None:
     sizes = latent_sizes(prompt)
     assert sizes and all(min(size) >= 480 and size[0] * size[1] >= 512 * 512 for size in sizes)
     steps = [node["inputs"]["steps"] for node in prompt.values() if "steps" in node["inputs"]]
-    assert steps and all(20 <= s <= 30 for s in steps)
+    if name in FEW_STEP_EXAMPLES:
+        assert steps == [FEW_STEP_EXAMPLES[name]]
+    else:
+        assert steps and all(20 <= s <= 30 for s in steps)
 
 
 def test_template_listing_shows_only_ui_workflows(comfy_server) -> None:
@@ -320,13 +358,19 @@ IN_PROCESS_WORKFLOWS = [name for name in WORKFLOW_NAMES if name not in SERVER_WO
 
 
 def test_every_family_example_runs_somewhere() -> None:
-    assert set(IN_PROCESS_WORKFLOWS) == {"amdm_sdxl", "amdm_flux_dev_schnell"}
-    assert {"amdm_sd35_guider", "amdm_wan21_t2v"} <= set(SERVER_WORKFLOWS)
+    assert set(IN_PROCESS_WORKFLOWS) == {"amdm_sdxl", "amdm_sdxl_refiner", "amdm_flux_dev_schnell"}
+    assert {"amdm_sd35_guider", "amdm_wan21_t2v", WAN22, "amdm_sd15_hyper_stages"} <= set(SERVER_WORKFLOWS)
 
 
-@pytest.mark.parametrize("name", SERVER_WORKFLOWS)
-def test_api_workflow_runs(family_server, name: str) -> None:
-    prompt = with_text_encoder_stand_in(small_variant(load_api_workflow(name)))
+# Each example as shipped, and the Wan 2.2 one with an overlap too.
+SERVER_RUNS = [pytest.param(name, {}, id=name) for name in SERVER_WORKFLOWS] + \
+    [pytest.param(WAN22, SOFT_HANDOFF, id=f"{WAN22}-overlap")]
+
+
+@pytest.mark.parametrize("name, changes", SERVER_RUNS)
+def test_api_workflow_runs(family_server, name: str, changes: dict) -> None:
+    prompt = with_inputs(load_api_workflow(name), changes)
+    prompt = with_fixture_lora(with_text_encoder_stand_in(small_variant(prompt)))
     assert any(node["class_type"] in ("AMDMSampler", "AMDMGuider") for node in prompt.values())
     provide_input_images(family_server.url, prompt)
     [(width, height)] = latent_sizes(prompt)
@@ -350,7 +394,7 @@ def tiny_loaders(comfy, pack, load_checkpoint, load_family_model, family_clip) -
     """Loader nodes for in-process runs: every diffusion model becomes the tiny one of the same
     name (SD1.5 fixtures, family models), every text encoder the CLIP-L stand-in (type sd3; for
     SDXL checkpoints type stable_diffusion, the tiny SDXL's width), SDXL's VAE the SD1.5
-    fixture's (the same architecture)."""
+    fixture's (the same architecture), every LoRA the fixture LoRA."""
     def checkpoint(ckpt_name: str) -> tuple:
         if ckpt_name in family_models.MODELS:
             return (load_family_model(ckpt_name), family_clip("stable_diffusion"),
@@ -361,6 +405,8 @@ def tiny_loaders(comfy, pack, load_checkpoint, load_family_model, family_clip) -
         "CheckpointLoaderSimple": checkpoint,
         "UNETLoader": lambda unet_name, weight_dtype: (load_family_model(unet_name),),
         **{loader: lambda **_: (family_clip("sd3"),) for loader in TEXT_ENCODER_LOADERS},
+        **{loader: lambda loader=loader, **inputs: run_node(loader, **{**inputs, "lora_name": fixture_models.LORA_NAME})
+           for loader in LORA_LOADERS},
     }
 
 
@@ -382,39 +428,157 @@ def test_api_workflow_runs_in_process_with_tiny_loaders(comfy, tiny_loaders, nam
 
 
 # Sampler steps of each member at the example's shipped settings, in chain order: the target
-# takes every step, the others the window's. The README and the examples' notes quote them.
+# takes every step, the others the window's; members with ranges of their own, their ranges'
+# steps. The README and the examples' notes quote them.
 EXAMPLE_STEPS = {
     "amdm_two_members": [25, 10],
     "amdm_sdxl": [25, 10],
     "amdm_flux_dev_schnell": [20, 6],
     "amdm_sd35_guider": [28, 12],
     "amdm_wan21_t2v": [30, 11],
+    WAN22: [11, 9],
+    "amdm_sd15_hyper_stages": [2, 2, 4],
+    "amdm_sdxl_refiner": [20, 5],
 }
+COST_RUNS = [pytest.param(name, {}, steps, id=name) for name, steps in EXAMPLE_STEPS.items()] + \
+    [pytest.param(WAN22, SOFT_HANDOFF, [12, 10], id=f"{WAN22}-overlap")]
 
 
-@pytest.mark.parametrize("name", list(EXAMPLE_STEPS))
-def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str) -> None:
-    """Each member's model is watched (ComfyUI's unet function wrapper) where it enters its
-    ModelStack; the shipped steps run on small latents up to the sampler."""
-    prompt = small_variant(load_api_workflow(name), keep_steps=True)
-    sigmas: list[list[float]] = []
+def member_sigmas(prompt: dict, loaders: dict[str, Callable[..., tuple]]) -> list[list[float]]:
+    """The sigmas of the steps each member evaluated, in chain order: each member's model is
+    watched (ComfyUI's unet function wrapper) where it enters its ModelStack, and the prompt
+    runs in process up to its sampler. A step evaluates its positive and negative prompt at
+    one sigma, in one call or two."""
+    seen: list[list[float]] = []
 
     def watched_member(model: Any, **inputs: Any) -> tuple:
-        seen: list[float] = []
+        calls: list[float] = []
         watched = model.clone()
 
         def wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-            seen.append(float(args["timestep"][0]))
+            calls.append(float(args["timestep"][0]))
             return apply_model(args["input"], args["timestep"], **args["c"])
 
         watched.set_model_unet_function_wrapper(wrapper)
-        sigmas.append(seen)
+        seen.append(calls)
         return run_node("ModelStack", model=watched, **inputs)
 
     samplers = [node_id for node_id, node in prompt.items()
                 if node["class_type"] in ("AMDMSampler", "SamplerCustomAdvanced")]
-    run_in_process(prompt, {**tiny_loaders, "ModelStack": watched_member}, outputs_of=samplers)
+    run_in_process(prompt, {**loaders, "ModelStack": watched_member}, outputs_of=samplers)
+    return [[sigma for i, sigma in enumerate(calls) if i == 0 or sigma != calls[i - 1]] for calls in seen]
 
-    # A step evaluates its positive and negative prompt at one sigma, in one call or two.
-    steps = [sum(1 for i, t in enumerate(seen) if i == 0 or t != seen[i - 1]) for seen in sigmas]
-    assert steps == EXAMPLE_STEPS[name]
+
+@pytest.mark.parametrize("name, changes, steps", COST_RUNS)
+def test_example_costs_the_steps_its_notes_say(tiny_loaders, name: str, changes: dict, steps: list[int]) -> None:
+    """The shipped steps run on small latents up to the sampler."""
+    prompt = with_inputs(small_variant(load_api_workflow(name), keep_steps=True), changes)
+    assert [len(sigmas) for sigmas in member_sigmas(prompt, tiny_loaders)] == steps
+
+
+def node_ids(prompt: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def reference_switch_step(model: Any, scheduler: str, steps: int, boundary: float) -> int:
+    """Where the Wan 2.2 reference hands over to the low-noise expert: the high-noise expert
+    takes every step whose timestep t is at least ``boundary`` of the training timesteps
+    (``t >= boundary * 1000``, its generate loop's test), on ComfyUI's sigmas of the shifted
+    model; returns the first step that fails it."""
+    sampling = model.get_model_object("model_sampling")
+    sigmas = run_node("BasicScheduler", model=model, scheduler=scheduler, steps=steps, denoise=1.0)[0]
+    timesteps = sampling.timestep(sigmas[:-1]).tolist()
+    largest = float(sampling.timestep(sampling.sigma_max))
+    return next(k for k, t in enumerate(timesteps) if t < boundary * largest)
+
+
+def test_wan22_example_is_the_ksampleradvanced_chain_bit_for_bit(tiny_loaders) -> None:
+    """At overlap 0 the example samples exactly what the two-KSamplerAdvanced graph users wire
+    for Wan 2.2 (high-noise expert from step 0 with the noise, low-noise expert from the
+    switch step on the leftover noise), on the same tiny experts, at the shipped 20 steps."""
+    prompt = small_variant(load_api_workflow(WAN22), keep_steps=True)
+    [sampler_id] = node_ids(prompt, "AMDMSampler")
+    amdm = run_in_process(prompt, tiny_loaders, outputs_of=[sampler_id])[sampler_id][0]["samples"]
+
+    sampler = prompt[sampler_id]["inputs"]
+    high, low = (prompt[node_id]["inputs"] for node_id in node_ids(prompt, "ModelStack"))
+    outputs = run_in_process(prompt, tiny_loaders, outputs_of=[high["model"][0]])
+    switch = reference_switch_step(outputs[high["model"][0]][0], sampler["scheduler"], sampler["steps"], 0.875)
+    assert switch == EXAMPLE_STEPS[WAN22][0]
+    chain = {node_id: node for node_id, node in prompt.items()
+             if node["class_type"] not in ("ModelStack", "AggregationSchedule", "AMDMSampler", "AMDMExpertBoundary")}
+    common = {key: sampler[key] for key in ("steps", "sampler_name", "scheduler")}
+    for name, stack, first, last, noise, leftover, latent in (
+            ("high", high, 0, switch, "enable", "enable", sampler["latent_image"]),
+            ("low", low, switch, 10000, "disable", "disable", ["high", 0])):
+        chain[name] = {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": stack["model"], "positive": stack["positive"], "negative": stack["negative"],
+            "cfg": stack["cfg"], "add_noise": noise, "noise_seed": sampler["seed"], "latent_image": latent,
+            "start_at_step": first, "end_at_step": last, "return_with_leftover_noise": leftover, **common}}
+    reference = run_in_process(chain, tiny_loaders, outputs_of=["low"])["low"][0]["samples"]
+
+    assert torch.equal(amdm, reference)
+
+
+@pytest.mark.parametrize("preset, boundary, shift, steps", [
+    ("Wan 2.2 T2V (0.875)", 0.875, 8.0, 20),
+    ("Wan 2.2 T2V (0.875)", 0.875, 12.0, 30),
+    ("Wan 2.2 T2V (0.875)", 0.875, 5.0, 8),
+    ("Wan 2.2 I2V (0.9)", 0.9, 5.0, 20),
+    ("Wan 2.2 I2V (0.9)", 0.9, 8.0, 30),
+    ("Wan 2.2 I2V (0.9)", 0.9, 12.0, 8),
+])
+def test_expert_boundary_switches_where_the_wan22_reference_does(tiny_loaders, preset: str, boundary: float,
+                                                                 shift: float, steps: int) -> None:
+    """With the boundary node's percents on the experts' ranges, the high-noise expert
+    evaluates exactly the steps whose sigma is at or above the preset's boundary on the
+    shifted schedule (a flow model's timestep is sigma x 1000), the low-noise expert the
+    others."""
+    prompt = with_inputs(small_variant(load_api_workflow(WAN22), keep_steps=True), {
+        "ModelSamplingSD3": {"shift": shift}, "AMDMSampler": {"steps": steps},
+        "AMDMExpertBoundary": {"preset": preset}})
+    [sampler_id] = node_ids(prompt, "AMDMSampler")
+    high_model = prompt[node_ids(prompt, "ModelStack")[0]]["inputs"]["model"][0]
+    model = run_in_process(prompt, tiny_loaders, outputs_of=[high_model])[high_model][0]
+    sigmas = run_node("BasicScheduler", model=model, scheduler=prompt[sampler_id]["inputs"]["scheduler"],
+                      steps=steps, denoise=1.0)[0].tolist()
+    switch = reference_switch_step(model, prompt[sampler_id]["inputs"]["scheduler"], steps, boundary)
+    assert 0 < switch < steps
+    assert sigmas[switch - 1] >= boundary > sigmas[switch]
+
+    high, low = member_sigmas(prompt, tiny_loaders)
+
+    assert high == pytest.approx(sigmas[:switch], rel=1e-6)
+    assert low == pytest.approx(sigmas[switch:-1], rel=1e-6)
+
+
+def test_sdxl_refiner_is_one_ecosystem_with_the_base(pack) -> None:
+    """ComfyUI's SDXL and SDXLRefiner model classes give one latent format and one discrete
+    sigma table, and the pack's ecosystem check accepts the two together; an SD1.5 model it
+    refuses (another latent format). The models carry what ComfyUI's BaseModel builds from
+    the class (its latent format and model_sampling, eps as both checkpoints are), not the
+    UNet's weights."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    from comfyui_amdm.amdm_core import Schedule
+    from comfyui_amdm.nodes.members import Member, check_members
+
+    class Family(torch.nn.Module):
+        def __init__(self, config_class: type) -> None:
+            super().__init__()
+            self.model_config = config_class(config_class.unet_config)
+            self.latent_format = self.model_config.latent_format
+            self.model_sampling = comfy.model_base.model_sampling(self.model_config, comfy.model_base.ModelType.EPS)
+
+    def model(name: str) -> Any:
+        cpu = torch.device("cpu")
+        return comfy.model_patcher.ModelPatcher(Family(getattr(comfy.supported_models, name)), load_device=cpu,
+                                                offload_device=cpu)
+
+    base, refiner, sd15 = model("SDXL"), model("SDXLRefiner"), model("SD15")
+    assert type(base.model.latent_format) is type(refiner.model.latent_format)
+    assert torch.equal(base.model.model_sampling.sigmas, refiner.model.model_sampling.sigmas)
+    check_members([Member(base, [], [], 8.0), Member(refiner, [], [], 8.0)], Schedule(target_member=2))
+    with pytest.raises(ValueError, match="member 2 is not of the same ecosystem as member 1: latent format"):
+        check_members([Member(sd15, [], [], 8.0), Member(refiner, [], [], 8.0)], Schedule(target_member=2))

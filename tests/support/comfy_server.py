@@ -21,6 +21,9 @@ from . import comfy_env, fixture_models
 logger = logging.getLogger(__name__)
 
 PACK_NODE_PROBE = "AMDMSampler"  # present in /object_info only if the pack imported
+# Test-only nodes beside the pack: attention patches written the way other packs write theirs.
+PATCH_NODES = "amdm_test_patch_nodes"
+PATCH_NODES_DIR = Path(__file__).resolve().parent / "patch_nodes"
 
 
 class ComfyServerError(RuntimeError):
@@ -39,11 +42,12 @@ class ComfyServer:
     ``base_dir/custom_nodes/comfyui-amdm`` -> this repository, ``base_dir/models`` populated
     with the fixture models, and ``input/``, ``output/``, ``temp/``, ``user/``. All of the
     server's output goes to ``log_path``. ``extra_args`` are appended to ComfyUI's command
-    line (``--front-end-root <dir>`` serves another frontend).
+    line (``--front-end-root <dir>`` serves another frontend). ``node_packs`` are other
+    custom node directories, linked into ``custom_nodes`` under their own names.
     """
 
     def __init__(self, base_dir: Path, log_path: Path, port: int | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), node_packs: Sequence[Path] = ()) -> None:
         self.base_dir = Path(base_dir)
         self.log_path = Path(log_path)
         self.port = port or _free_port()
@@ -54,6 +58,7 @@ class ComfyServer:
         self.output_dir = self.base_dir / "output"
         self.custom_nodes_dir = self.base_dir / "custom_nodes"
         self.extra_args = tuple(extra_args)
+        self.node_packs = tuple(Path(pack) for pack in node_packs)
         self._process: subprocess.Popen | None = None
         self._log_handle = None
         self._object_info: dict | None = None
@@ -65,9 +70,11 @@ class ComfyServer:
                        self.base_dir / "temp", self.base_dir / "user"):
             folder.mkdir(parents=True, exist_ok=True)
         fixture_models.populate_models_dir(self.models_dir)
-        pack_link = self.custom_nodes_dir / comfy_env.PACK_DIR_NAME
-        if not pack_link.is_symlink():
-            pack_link.symlink_to(comfy_env.REPO_ROOT, target_is_directory=True)
+        for name, directory in ((comfy_env.PACK_DIR_NAME, comfy_env.REPO_ROOT), (PATCH_NODES, PATCH_NODES_DIR),
+                                *((pack.name, pack) for pack in self.node_packs)):
+            link = self.custom_nodes_dir / name
+            if not link.is_symlink():
+                link.symlink_to(directory, target_is_directory=True)
 
         command = [
             sys.executable, "main.py", *comfy_env.COMFY_TEST_FLAGS,
@@ -228,14 +235,16 @@ class ComfyServer:
     def pack_loaded(self) -> bool:
         return PACK_NODE_PROBE in self.object_info(refresh=True)
 
-    def pack_import_error(self) -> str | None:
-        """ComfyUI's log lines about a failed import of this pack, or None."""
+    def pack_import_error(self, dir_name: str = comfy_env.PACK_DIR_NAME) -> str | None:
+        """ComfyUI's log lines about a failed import of the node pack in ``custom_nodes/<dir_name>``
+        (this pack by default), or None."""
         lines = self.log_text().splitlines()
-        marker = f"{comfy_env.PACK_DIR_NAME} module for custom nodes"
+        marker = f"{dir_name} module for custom nodes"
         for index, line in enumerate(lines):
-            if line.startswith("Cannot import") and marker in line:
+            # Newer releases prefix each line with its level (and colours).
+            if "Cannot import" in line and marker in line:
                 start = index
-                while start > max(index - 400, 0) and not lines[start].startswith("Traceback"):
+                while start > max(index - 400, 0) and "Traceback (most recent call last)" not in lines[start]:
                     start -= 1
                 return "\n".join(lines[start: index + 1])
         return None

@@ -1,7 +1,8 @@
 """Tiny, deterministic, randomly initialised models of the families people run today.
 
-SDXL (eps, and a v-prediction zsnr variant), SD3.5, Flux (dev, with a guidance embedding, and
-schnell, without) and Wan 2.1 text-to-video. Every model is a real ComfyUI model of its family
+SDXL (eps, and a v-prediction zsnr variant) with its refiner, SD3.5, Flux (dev, with a guidance
+embedding, and schnell, without) and Wan 2.1 text-to-video (also the architecture of Wan 2.2
+A14B's high-noise and low-noise experts). Every model is a real ComfyUI model of its family
 (its ``supported_models`` class, ``model_base`` wrapper, latent format and model_sampling) at a
 width of about one million parameters, so that a sampling step takes milliseconds on a CPU.
 
@@ -17,14 +18,17 @@ How ComfyUI recognises them:
   transformer depths [0, 0, 2, 2, 10, 10], context 2048); the tiny UNet's config is read from
   its keys by ComfyUI's ``detect_unet_config`` and the SDXL class is named explicitly. The
   v-prediction/zsnr variant carries the ``v_pred`` and ``ztsnr`` marker keys of real
-  checkpoints, which ``SDXL.model_type`` reads.
+  checkpoints, which ``SDXL.model_type`` reads. The refiner likewise (``SDXLRefiner``: four
+  levels with attention only in the middle two, as the real refiner's [0, 0, 4, 4, 4, 4, 0, 0]).
 
 Text: the families' text encoders (CLIP-G, T5-XXL, UMT5-XXL) cannot be made small for
 ComfyUI's loaders, whose configs are fixed. One CLIP-L at its real shape (``clip_l.safetensors``)
 stands in for all of them through the stock CLIPLoader: type ``sd3`` gives the SD3/Flux/Wan
 shapes (context 4096 wide, pooled 2048, of which Flux reads the first 768), type
-``stable_diffusion`` gives 768-wide context and pooled output, and the tiny SDXL UNet takes
-exactly those (context_dim 768, adm_in_channels 768 + 6 * 256).
+``stable_diffusion`` gives 768-wide context and pooled output, and the tiny SDXL UNets take
+exactly those (context_dim 768; adm_in_channels 768 + 6 * 256 for the base, whose size
+embeddings are height, width, crop and target size, 768 + 5 * 256 for the refiner, whose are
+height, width, crop and aesthetic score).
 
 VAEs: the stock VAELoader builds them at their real (fixed) sizes: the 16-channel SD3/Flux
 autoencoder and the Wan 2.1 video VAE are generated at full size. SDXL's VAE has the SD1.5 VAE's
@@ -81,6 +85,11 @@ _TINY_SDXL_UNET = {
     "use_linear_in_transformer": True, "context_dim": 768, "use_temporal_resblock": False,
     "use_temporal_attention": False,
 }
+_TINY_SDXL_REFINER_UNET = {
+    **_TINY_SDXL_UNET, "adm_in_channels": 768 + 5 * 256, "num_res_blocks": [1, 1, 1, 1],
+    "channel_mult": [1, 2, 2, 2], "transformer_depth": [0, 1, 1, 0],
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1, 0, 0],
+}
 _FLUX_HEAD_DIM = 128  # sum of the rope axes (16, 56, 56): fixed by Flux's position encoding
 
 
@@ -101,6 +110,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("sdxl", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS, stock_loader=False),
     Family("sdxl_vpred_zsnr", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS, stock_loader=False,
            markers=("v_pred", "ztsnr")),
+    Family("sdxl_refiner", "SDXLRefiner", _TINY_SDXL_REFINER_UNET, CHECKPOINTS, stock_loader=False),
     Family("sd3", "SD3", {
         "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
         "adm_in_channels": 2048, "num_patches": 1024, "pos_embed_max_size": 32, "qk_norm": "rms",
@@ -127,12 +137,14 @@ class TinyModel:
     seed: int
 
 
-# Two models per family ("a base and a fine-tune"), named as the example workflows name them.
+# Models per family (a base and a fine-tune; Wan 2.2's two experts; the SDXL refiner), named as
+# the example workflows name them.
 MODELS: dict[str, TinyModel] = {model.file_name: model for model in (
     TinyModel("sd_xl_base_1.0.safetensors", FAMILIES["sdxl"], 3101),
     TinyModel("RealVisXL_V5.0_fp16.safetensors", FAMILIES["sdxl"], 3102),
     TinyModel("sdxl_vpred_zsnr_a.safetensors", FAMILIES["sdxl_vpred_zsnr"], 3111),
     TinyModel("sdxl_vpred_zsnr_b.safetensors", FAMILIES["sdxl_vpred_zsnr"], 3112),
+    TinyModel("sd_xl_refiner_1.0.safetensors", FAMILIES["sdxl_refiner"], 3121),
     TinyModel("sd3.5_large.safetensors", FAMILIES["sd3"], 3201),
     TinyModel("sd3.5_large_turbo.safetensors", FAMILIES["sd3"], 3202),
     TinyModel("flux1-dev.safetensors", FAMILIES["flux_dev"], 3301),
@@ -140,6 +152,8 @@ MODELS: dict[str, TinyModel] = {model.file_name: model for model in (
     TinyModel("flux1-schnell.safetensors", FAMILIES["flux_schnell"], 3311),
     TinyModel("wan2.1_t2v_1.3B_fp16.safetensors", FAMILIES["wan21"], 3401),
     TinyModel("wan2.1_t2v_14B_fp8_e4m3fn.safetensors", FAMILIES["wan21"], 3402),
+    TinyModel("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", FAMILIES["wan21"], 3403),
+    TinyModel("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", FAMILIES["wan21"], 3404),
 )}
 
 CLIP_L_NAME = "clip_l.safetensors"
