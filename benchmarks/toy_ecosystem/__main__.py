@@ -1,8 +1,10 @@
 """python3 -m benchmarks.toy_ecosystem: the toy ecosystem study. Loads the shipped toy
-ecosystems (or retrains them), runs both tables on the report ecosystems, and writes the
-markdown table, benchmarks/results/toy_ecosystem.json, the frontier plot and the grid of
-samples (docs/images/toy_*.png); with the default ecosystems and seeds it also rewrites the
-README's copy of the tables. Prints the markdown."""
+ecosystems (or retrains them), runs the tables on the report ecosystems (three members, two
+members, the noise-level experts' handoff), and writes the markdown tables,
+benchmarks/results/toy_ecosystem.json, the frontier plots and the grid of samples
+(docs/images/toy_*.png); with the default ecosystems and seeds it also rewrites the README's
+copy of the member tables and docs/handoff.md's copy of the handoff tables. Prints the
+markdown."""
 
 from __future__ import annotations
 
@@ -23,8 +25,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--retrain", action="store_true",
                         help="train the ecosystems on this machine (cached outside the repository, about 5 "
                              "minutes per ecosystem on one CPU core) instead of using the shipped weights")
+    parser.add_argument("--retrain-experts", action="store_true",
+                        help="keep the shipped bases and members, and train the noise-level experts from the "
+                             "shipped bases on this machine (cached outside the repository, about 3 minutes per "
+                             "ecosystem on one CPU core)")
     parser.add_argument("--ship-weights", action="store_true",
-                        help="with --retrain: copy the trained weights into the repository")
+                        help="with --retrain or --retrain-experts: copy the trained weights into the repository")
     parser.add_argument("--ecosystems", type=int, nargs="+", default=list(REPORT_SEEDS),
                         help="report ecosystems (training seeds; default %(default)s)")
     parser.add_argument("--seeds", type=int, default=SEEDS_PER_REQUEST,
@@ -36,8 +42,10 @@ def parse_args() -> argparse.Namespace:
                              "on it, but on a machine busy with other work fewer threads can be faster)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args()
-    if args.ship_weights and not args.retrain:
-        parser.error("--ship-weights needs --retrain")
+    if args.ship_weights and not (args.retrain or args.retrain_experts):
+        parser.error("--ship-weights needs --retrain or --retrain-experts")
+    if args.retrain and args.retrain_experts:
+        parser.error("--retrain already retrains the experts (from the retrained bases)")
     return args
 
 
@@ -63,11 +71,14 @@ def main() -> None:
     started = time.monotonic()
     config = study.StudyConfig(seeds=args.seeds)
     outcome = run.run_study(config, tuple(args.ecosystems), full=args.full, retrain=args.retrain,
-                            ship=args.ship_weights)
+                            retrain_experts=args.retrain_experts, ship=args.ship_weights)
     directories = {} if args.out is None else {"results_dir": args.out, "images_dir": args.out}
     paths = run.write_outputs(outcome, config, **directories)
     if args.out is None and tuple(args.ecosystems) == REPORT_SEEDS and args.seeds == SEEDS_PER_REQUEST:
-        paths["readme"] = run.update_readme(run.results_text(outcome, config, "###"))
+        paths["readme"] = run.replace_between(run.README, run.README_BEGIN, run.README_END,
+                                              run.results_text(outcome, config, "###"))
+        paths["handoff page"] = run.replace_between(run.HANDOFF_PAGE, run.HANDOFF_BEGIN, run.HANDOFF_END,
+                                                    run.handoff_text(outcome, config, "###"))
     logging.getLogger(__name__).info("%.0f s; wrote %s", time.monotonic() - started,
                                      ", ".join(str(path) for path in paths.values()))
     print(paths["markdown"].read_text())

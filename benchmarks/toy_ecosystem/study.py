@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import SEEDS_PER_REQUEST, task
 from .methods import AMDMSettings, Batch, EvaluationCounter
 from .models import Ecosystem
-from .rows import MEMBERS, SETTINGS, Row, score_sum_name
+from .rows import MEMBERS, SETTINGS, Handoff, Row, score_sum_name
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,14 @@ def choose_presets(candidates: Sequence[RowSummary], reference: RowSummary) -> P
     matching = [s for s in candidates if s.joint.mean >= reference.joint.mean - MATCH_MARGIN]
     match = min(matching, key=lambda s: (s.evaluations_per_image, -s.joint.mean)) if matching else None
     return Presets(best_within(budget).row.amdm, None if match is None else match.row.amdm)
+
+
+def choose_handoff(candidates: Sequence[RowSummary]) -> Handoff:
+    """The rule that chooses how the noise-level experts hand over, on the means over the
+    ecosystems given: among the hard switch and the overlaps, the highest joint accuracy;
+    within TIE of it, the fewest evaluations (so an overlap must beat the hard switch by
+    more than TIE to be chosen)."""
+    return best_within(candidates).row.handoff
 
 
 def matches_in_every_ecosystem(summary: RowSummary, reference: RowSummary) -> bool:
