@@ -82,7 +82,7 @@ def main() -> None:
     setup_comfy()
     import comfy.sample
     import comfy.samplers
-    from comfyui_amdm.amdm_core import Schedule, window_for
+    from comfyui_amdm.amdm_core import Schedule, steps_in
     from comfyui_amdm.nodes import AMDMGuider, Member
     cpu = torch.device("cpu")
     narrow = [sd15_patcher(cpu, NARROW_CHANNELS, seed=m, **CHEAP) for m in range(3)]
@@ -94,7 +94,7 @@ def main() -> None:
     default = Schedule()
     model_sampling = models[0].get_model_object("model_sampling")
     schedule_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", options.steps)
-    window = window_for(schedule_sigmas.tolist(), model_sampling.percent_to_sigma, default)
+    window = steps_in(schedule_sigmas.tolist(), model_sampling.percent_to_sigma, default.window)
     sigmas = schedule_sigmas[:window.stop + 1]  # the window's steps only
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, window steps "
           f"{window.start} to {window.stop - 1} of {options.steps} (normal scheduler), cfg 7, "

@@ -178,8 +178,9 @@ def _deep_copy(patcher: Any) -> Optional[Any]:
 
 # --- declared support -----------------------------------------------------------------------
 
-# The ComfyUI releases this pack declares (pyproject.toml [tool.comfy] requires-comfyui).
-SUPPORTED_COMFYUI = ">=0.3.64,<0.39"
+# The ComfyUI releases this pack declares (pyproject.toml [tool.comfy] requires-comfyui):
+# run and tested on both ends.
+SUPPORTED_COMFYUI = ">=0.3.64,<=0.28.0"
 _COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
             "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
@@ -189,7 +190,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def in_supported_range(version: str, spec: str = SUPPORTED_COMFYUI) -> bool:
-    """Whether ``version`` satisfies every clause of ``spec`` (">=0.3.64,<0.39")."""
+    """Whether ``version`` satisfies every clause of ``spec`` (">=0.3.64,<=0.28.0")."""
     for clause in spec.split(","):
         operator, bound = re.match(r"\s*([<>=]=?)\s*(\S+)", clause).groups()
         if not _COMPARE[operator](_version_tuple(version), _version_tuple(bound)):

@@ -62,7 +62,8 @@ def load_together(guiders: Sequence[Any], memory_required: int, minimum_memory_r
     of one checkpoint share the module, and its current_patcher decides whose hooks and
     patches apply)."""
     patchers = [p for guider in guiders for p in (*_patchers(guider), *guider.loaded_models)]
-    loaded = comfy.model_management.loaded_models()
+    # A LoadedModel whose patcher was garbage-collected lists None until ComfyUI cleans up.
+    loaded = [p for p in comfy.model_management.loaded_models() if p is not None]
     if any(p not in loaded and not any(_twins(p, q) for q in loaded) for p in patchers):
         comfy.model_management.load_models_gpu(patchers, memory_required=memory_required,
                                                minimum_memory_required=minimum_memory_required)

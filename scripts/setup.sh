@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Prepare a machine for this pack: Python dependencies and ComfyUI; the test set-up adds the
-# test tools and generated test models. Idempotent: every step checks first and does nothing
-# when already done. pip shows what it downloads (torch and ComfyUI's requirements are a few
-# GB on a fresh machine).
+# Prepare a machine for this pack: torch, the ComfyUI releases it is tested on and their
+# Python requirements, checked to start with the pack; the test set-up adds the test tools and
+# generated test models. Idempotent: every install step checks first and does nothing when
+# already done; the start check runs every time. pip shows what it downloads (torch and
+# ComfyUI's requirements are a few GB on a fresh machine).
 #
-#   bash scripts/setup.sh            # torch, ComfyUI and its requirements (all the benchmarks need)
-#   bash scripts/setup.sh --tests    # ... plus pytest, playwright and the generated test models
-#   bash scripts/setup.sh --browser  # ... --tests plus Debian's chromium for the browser tests
+#   bash scripts/setup.sh            # torch, both ComfyUI releases and their requirements
+#   bash scripts/setup.sh --tests    # ... plus the test tools (pyproject.toml's `test` extra:
+#                                    #     pytest, playwright, gguf, and the ecosystem's comfy-cli,
+#                                    #     comfy-test, comfy-lint) and the generated test models
+#   bash scripts/setup.sh --browser  # ... --tests plus Debian's chromium and the current frontend
 #
-# ComfyUI is looked for, in order, at $COMFYUI_PATH, the ComfyUI containing this checkout
-# (<ComfyUI>/custom_nodes/<this repo>), $COMFYUI_AMDM_CACHE/ComfyUI and
-# ~/.cache/comfyui-amdm/ComfyUI; if none exists it is cloned (tag v0.3.64) when GitHub is
-# reachable. Generated files live under ${COMFYUI_AMDM_CACHE:-~/.cache/comfyui-amdm}.
+# The releases are those of scripts/comfyui-releases.txt. Each is taken from
+# $COMFYUI_PATH_<version, dots as underscores> (COMFYUI_PATH_0_3_64, COMFYUI_PATH_0_28_0), else
+# from ${COMFYUI_AMDM_CACHE:-~/.cache/comfyui-amdm}/ComfyUI (the lowest release) or
+# .../ComfyUI-<version>; where it is in neither place, it is cloned there at its commit when
+# GitHub is reachable. Plain `python3 -m pytest` and the benchmarks use $COMFYUI_PATH, else the
+# ComfyUI containing this checkout (<ComfyUI>/custom_nodes/<this repo>), else the lowest
+# release; where that is another ComfyUI, its requirements are installed and checked too.
 set -euo pipefail
 
-COMFYUI_TAG="v0.3.64"
-COMFYUI_REPO="https://github.com/Comfy-Org/ComfyUI"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-TEST_TOOLS="pytest playwright"
+# torchaudio for a torch that PyPI has no torchaudio build of: one built for an earlier torch,
+# installed without its dependencies (which would replace torch), used only where it imports.
+# ComfyUI 0.28 imports torchaudio at start (comfy/sd.py); 0.3.64's audio nodes need it.
+TORCHAUDIO_FALLBACK="torchaudio==2.11.1"
+# Not in ComfyUI 0.3.64's requirements, but imported at its start (app/frontend_management.py).
+EXTRA_REQUIREMENTS=(requests)
+# The current ComfyUI frontend: the browser tests also run the pack in it, served with
+# `--front-end-root`. Installed under the cache, not into ComfyUI's environment.
+CURRENT_FRONTEND_VERSION="1.58.1"
 
 want_tests=0
 want_browser=0
@@ -25,7 +37,7 @@ for arg in "$@"; do
     case "$arg" in
         --tests) want_tests=1 ;;
         --browser) want_tests=1; want_browser=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -34,6 +46,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_dir="${COMFYUI_AMDM_CACHE:-$HOME/.cache/comfyui-amdm}"
 python="${PYTHON:-python3}"
 log() { echo "setup: $*"; }
+fail() { echo "setup: $*" >&2; exit 1; }
 
 pip_install() {
     "$python" -m pip install --disable-pip-version-check "$@"
@@ -47,101 +60,91 @@ else
     pip_install "${TORCH_PINS[@]}"
 fi
 
-# --- ComfyUI -----------------------------------------------------------------------------
+# --- ComfyUI releases --------------------------------------------------------------------
 is_comfyui() { [[ -f "$1/main.py" && -d "$1/comfy" ]]; }
+comfyui_version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null; }
 
-locate_comfyui() {
-    if [[ -n "${COMFYUI_PATH:-}" ]]; then
-        if is_comfyui "$COMFYUI_PATH"; then echo "$COMFYUI_PATH"; return 0; fi
-        echo "setup: COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI checkout (no main.py, comfy/)" >&2
-        return 2
-    fi
-    local parent
-    parent="$(dirname "$repo_root")"
-    if [[ "$(basename "$parent")" == "custom_nodes" ]] && is_comfyui "$(dirname "$parent")"; then
-        dirname "$parent"; return 0
-    fi
-    local candidate
-    for candidate in "$cache_dir/ComfyUI" "$HOME/.cache/comfyui-amdm/ComfyUI"; do
-        if is_comfyui "$candidate"; then echo "$candidate"; return 0; fi
+# clone_release VERSION COMMIT DEST URL...: DEST holds that commit afterwards, or return 1.
+clone_release() {
+    local version="$1" commit="$2" dest="$3" url
+    shift 3
+    command -v git >/dev/null || return 1
+    for url in "$@"; do
+        timeout 30 git ls-remote --exit-code "$url" HEAD >/dev/null 2>&1 || continue
+        log "cloning ComfyUI $version (commit $commit) from $url into $dest"
+        rm -rf "$dest.partial"
+        mkdir -p "$dest.partial"
+        if git -C "$dest.partial" init --quiet \
+            && { git -C "$dest.partial" fetch --quiet --depth 1 "$url" "$commit" \
+                 || git -C "$dest.partial" fetch --quiet "$url"; } \
+            && git -C "$dest.partial" -c advice.detachedHead=false checkout --quiet "$commit" \
+            && [[ "$(comfyui_version_of "$dest.partial")" == "$version" ]]; then
+            mv "$dest.partial" "$dest"
+            return 0
+        fi
+        rm -rf "$dest.partial"
     done
     return 1
 }
 
-status=0
-comfy_dir="$(locate_comfyui)" || status=$?
-if [[ $status -eq 2 ]]; then
-    exit 1
-elif [[ $status -ne 0 ]]; then
-    comfy_dir="$cache_dir/ComfyUI"
-    if command -v git >/dev/null && timeout 30 git ls-remote --exit-code --tags "$COMFYUI_REPO" "$COMFYUI_TAG" >/dev/null 2>&1; then
-        log "cloning ComfyUI $COMFYUI_TAG into $comfy_dir"
-        mkdir -p "$cache_dir"
-        rm -rf "$comfy_dir.partial"
-        git clone --quiet --depth 1 --branch "$COMFYUI_TAG" "$COMFYUI_REPO" "$comfy_dir.partial"
-        mv "$comfy_dir.partial" "$comfy_dir"
-    else
-        cat >&2 <<EOF
-setup: ComfyUI not found and $COMFYUI_REPO is not reachable. Provide ComfyUI $COMFYUI_TAG by
-  - setting COMFYUI_PATH to a ComfyUI directory, or
-  - placing it at $comfy_dir, or
-  - putting this repository in <ComfyUI>/custom_nodes/.
-EOF
-        exit 1
+# shellcheck source=scripts/comfyui_releases.sh
+source "$repo_root/scripts/comfyui_releases.sh"
+release_dirs=()
+while read -r version commit dir variable urls <&3; do
+    if ! is_comfyui "$dir"; then
+        if [[ -n "${!variable:-}" ]]; then
+            fail "$variable=$dir is not a ComfyUI checkout (no main.py and comfy/ there)"
+        fi
+        mkdir -p "$(dirname "$dir")"
+        # shellcheck disable=SC2086  # $urls: one or more repository addresses
+        clone_release "$version" "$commit" "$dir" $urls || fail "ComfyUI $version is not at $dir and could not be cloned (GitHub unreachable?). Provide commit $commit of ComfyUI ($urls) by
+  - setting $variable to a checkout of it, or
+  - placing a checkout of it at $dir
+and run this again."
     fi
-fi
-log "ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy_dir/comfyui_version.py" 2>/dev/null) at $comfy_dir"
+    found_version="$(comfyui_version_of "$dir")"
+    if [[ "$found_version" != "$version" ]]; then
+        fail "$dir holds ComfyUI ${found_version:-of an unknown version}, not $version (commit $commit): set $variable to a checkout of $version, or move $dir away"
+    fi
+    dir="$(cd "$dir" && pwd -P)"
+    log "ComfyUI $version at $dir"
+    release_dirs+=("$dir")
+done 3< <(comfyui_releases)
+
+# The ComfyUI that plain pytest and the benchmarks find (tests/support/comfy_env.py).
+default_comfy="$("$python" -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks.comfy_setup import comfy_env
+print(comfy_env().find_comfyui())' "$repo_root")" || fail "no ComfyUI for plain pytest and the benchmarks (see above)"
+comfy_dirs=("$default_comfy")
+for dir in "${release_dirs[@]}"; do
+    [[ "$dir" == "$default_comfy" ]] || comfy_dirs+=("$dir")
+done
+log "plain pytest and the benchmarks use ComfyUI $(comfyui_version_of "$default_comfy") at $default_comfy"
 
 # --- Python requirements -----------------------------------------------------------------
-# ComfyUI's own requirements (its pins, not ours), plus the test tools with --tests. torchaudio
-# comes separately, in the build that matches the installed torch: for any other, pip would
-# replace torch with the one that torchaudio build pins.
+# Every checkout's requirements (the first's pinned frontend packages in the environment, the
+# others' in folders of their own under the cache), plus the test tools with --tests.
 "$python" -c "import packaging" 2>/dev/null || pip_install packaging
-extra_requirements=""
-if [[ $want_tests -eq 1 ]]; then extra_requirements="$TEST_TOOLS"; fi
-missing="$("$python" - "$comfy_dir/requirements.txt" "$extra_requirements" <<'EOF'
-import sys
-from importlib import metadata
-
-from packaging.requirements import InvalidRequirement, Requirement
-
-requirements_file, extra = sys.argv[1], sys.argv[2].split()
-lines = [line.split("#", 1)[0].strip() for line in open(requirements_file, encoding="utf-8")]
-for line in filter(None, lines + extra):
-    try:
-        requirement = Requirement(line)
-    except InvalidRequirement:
-        print(line)
-        continue
-    if requirement.name.lower() == "torchaudio":
-        continue
-    try:
-        installed = metadata.version(requirement.name)
-    except metadata.PackageNotFoundError:
-        print(line)
-        continue
-    if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
-        print(line)
-EOF
-)"
-if [[ -n "$missing" ]]; then
-    log "installing: $(echo "$missing" | tr '\n' ' ')"
-    # shellcheck disable=SC2086
-    pip_install $missing
-else
-    log "Python requirements satisfied"
-fi
+"$python" -c "import tomllib" 2>/dev/null || "$python" -c "import tomli" 2>/dev/null || pip_install tomli
+extras=()
+if [[ $want_tests -eq 1 ]]; then extras=(--extra test); fi
+"$python" "$repo_root/scripts/install_requirements.py" "${comfy_dirs[@]}" "${extras[@]}" \
+    --also "${EXTRA_REQUIREMENTS[@]}"
 
 torch_version="$("$python" -c 'import torch; print(torch.__version__.split("+")[0])')"
 if "$python" -c "import torchaudio" 2>/dev/null; then
-    log "torchaudio present"
+    log "torchaudio $("$python" -c 'import torchaudio; print(torchaudio.__version__)') present"
 elif "$python" -m pip install --disable-pip-version-check --quiet --dry-run --no-deps \
         "torchaudio==$torch_version" >/dev/null 2>&1; then
-    log "installing torchaudio==$torch_version (ComfyUI's audio nodes)"
+    log "installing torchaudio==$torch_version"
     pip_install "torchaudio==$torch_version"
 else
-    log "the package index has no torchaudio $torch_version: ComfyUI will list its two audio" \
-        "node files as IMPORT FAILED at start (harmless here; the README lists the lines)"
+    log "the package index has no torchaudio $torch_version: installing $TORCHAUDIO_FALLBACK without its dependencies"
+    pip_install --no-deps "$TORCHAUDIO_FALLBACK"
+    "$python" -c "import torchaudio" \
+        || fail "$TORCHAUDIO_FALLBACK does not import beside torch $torch_version: install a torch that PyPI has a torchaudio for (${TORCH_PINS[*]} works)"
 fi
 
 # --- browser -----------------------------------------------------------------------------
@@ -155,9 +158,6 @@ if [[ $want_browser -eq 1 ]]; then
         $sudo apt-get update
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
     fi
-    # The current ComfyUI frontend: the browser tests also run the pack in it, served with
-    # `--front-end-root`. Installed under the cache, not into ComfyUI's environment.
-    CURRENT_FRONTEND_VERSION="1.58.1"
     frontend_dir="$cache_dir/frontend/$CURRENT_FRONTEND_VERSION"
     if [[ -f "$frontend_dir/comfyui_frontend_package/static/index.html" ]]; then
         log "comfyui-frontend-package $CURRENT_FRONTEND_VERSION present"
@@ -170,12 +170,15 @@ if [[ $want_browser -eq 1 ]]; then
     fi
 fi
 
+# --- every ComfyUI starts with the pack --------------------------------------------------
+"$python" "$repo_root/scripts/check_comfyui_starts.py" "${comfy_dirs[@]}"
+
 # --- test models -------------------------------------------------------------------------
 # Random-weight stand-ins of SD1.5 and of the SDXL/SD3.5/Flux/Wan families (about 2 GB),
 # generated once and cached; the tests would also generate them on first use.
 if [[ $want_tests -eq 1 ]]; then
     log "test models: generated where missing (about 2 GB, a few minutes the first time)"
-    COMFYUI_PATH="$comfy_dir" "$python" -c '
+    COMFYUI_PATH="${release_dirs[0]}" "$python" -c '
 import logging, sys, time
 sys.path.insert(0, sys.argv[1])
 logging.basicConfig(level=logging.ERROR, format="%(message)s")
@@ -186,3 +189,4 @@ family_models.ensure_family_models()
 print(f"setup: test models ready in {family_models.fixtures_dir().parent} ({time.perf_counter() - started:.1f}s)")
 ' "$repo_root/tests"
 fi
+log "done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"

@@ -2,13 +2,18 @@
 
 The API file (workflows/api/<name>.json) is the graph: node ids, class types, widget values
 and links, and each node's title in ``_meta``. The layout below says only where the nodes
-go: groups stacked top to bottom on the left, one per member (its loader, prompts and AMDM
-Model Stack) plus one for what the members share, in aligned columns; the other nodes in
-columns to the right; a note with the example's model files. The UI file is what ComfyUI's
-editor saves (LiteGraph's format): widget values in the order the server's /object_info
-declares the node's inputs, a "control after generate" value after a seed, linked widgets
-as widget inputs, node sizes that hold their widgets (the schedule node its chart), and a
-view that frames the whole graph.
+go: groups in rows on the left, one per member (its loader, prompts and AMDM Model Stack)
+plus one for what the members share, each in columns (groups of the same widths one above
+the other line up); the other nodes in columns to the right; a note with the example's model
+files. The UI file is what ComfyUI's editor saves (LiteGraph's format): widget values in the
+order the server's /object_info declares the node's inputs, a "control after generate" value
+after a seed, linked widgets as widget inputs, node sizes that hold their widgets (the
+schedule node its chart), and a view that frames the whole graph.
+
+Nodes are spaced by their height in either renderer: the classic canvas draws a node at the
+size the file gives, Nodes 2.0 (Vue nodes) makes it as tall as its content, taller for most
+nodes (the pack's nodes carry a badge row). The script checks that no node overlaps another
+node or a group it is not in.
 
 Usage: python3 scripts/workflow_layout.py NAME [NAME ...] [--object-info FILE]
 
@@ -41,6 +46,15 @@ PREVIEW_HEIGHT = 260  # the image an output node shows after a run
 GROUP_HEADER = 50
 GROUP_PADDING = 20
 GAP = 20
+# Body heights (below the title) that Nodes 2.0 gives a node of each type, whatever smaller
+# size the file says: the height of its element ([data-node-id]) less the title, for a node
+# 300-420 px wide, on frontend 1.58.1.
+NODES_2_HEIGHTS = {
+    "AggregationSchedule": 614, "AMDMExpertBoundary": 190, "AMDMSampler": 266, "ModelStack": 380,
+    "CheckpointLoaderSimple": 102, "CLIPLoader": 114, "CLIPTextEncode": 102, "CLIPTextEncodeSDXLRefiner": 186,
+    "EmptyHunyuanLatentVideo": 146, "EmptyLatentImage": 118, "LoraLoaderModelOnly": 90, "ModelSamplingSD3": 62,
+    "SaveAnimatedWEBP": 182, "SaveImage": 70, "UNETLoader": 90, "VAEDecode": 54, "VAELoader": 62,
+}
 # The view a workflow opens with: the whole graph on the canvas of the browser tests' 1400x950
 # window (frontend 1.27 takes 40 px of its width for a side bar and 40 px of its height for a menu
 # bar), at a zoom where text stays readable.
@@ -59,38 +73,38 @@ logger = logging.getLogger("workflow_layout")
 
 @dataclass(frozen=True)
 class Group:
-    """A framed box: its nodes in columns (API node ids, top to bottom), aligned with the
-    other groups' columns."""
+    """A framed box: its nodes in columns (API node ids, top to bottom) of the given widths."""
 
     title: str
+    widths: tuple[int, ...]
     columns: tuple[tuple[str, ...], ...]
     color: str
 
 
 @dataclass(frozen=True)
 class Layout:
-    groups: tuple[Group, ...]
-    group_widths: tuple[int, ...]  # width of each group column
-    columns: tuple[tuple[str, ...], ...]  # right of the groups; "note" is the note
+    rows: tuple[tuple[Group, ...], ...]  # of groups, top to bottom; a row's groups side by side
+    # Right of the first row of groups; the rows below may reach under them where the columns
+    # end higher up. "note" is the note.
+    columns: tuple[tuple[str, ...], ...]
     column_widths: tuple[int, ...]
     note: str
     note_height: int = 330
 
 
-def member_group(number: int, title: str, *columns: tuple[str, ...]) -> Group:
-    return Group(f"Member {number}: {title}", columns, MEMBER_COLORS[(number - 1) % len(MEMBER_COLORS)])
+def member_group(number: int, title: str, widths: tuple[int, ...], *columns: tuple[str, ...]) -> Group:
+    return Group(f"Member {number}: {title}", widths, columns, MEMBER_COLORS[(number - 1) % len(MEMBER_COLORS)])
 
 
-def shared_group(title: str, *columns: tuple[str, ...]) -> Group:
-    return Group(title, columns, SHARED_COLOR)
+def shared_group(title: str, widths: tuple[int, ...], *columns: tuple[str, ...]) -> Group:
+    return Group(title, widths, columns, SHARED_COLOR)
 
 
 LAYOUTS: dict[str, Layout] = {
     "amdm_wan22_t2v_experts": Layout(
-        groups=(member_group(1, "Wan 2.2 high-noise expert (first steps)", ("1", "5"), ("10",)),
-                member_group(2, "Wan 2.2 low-noise expert (last steps, target)", ("2", "6"), ("11",)),
-                shared_group("Prompts, text encoder, VAE", ("3", "4"), ("7", "8"))),
-        group_widths=(320, 420),
+        rows=((member_group(1, "Wan 2.2 high-noise expert (first steps)", (320, 420), ("1", "5"), ("10",)),),
+              (member_group(2, "Wan 2.2 low-noise expert (last steps, target)", (320, 420), ("2", "6"), ("11",)),),
+              (shared_group("Prompts, text encoder, VAE", (320, 420, 420), ("3", "4"), ("7",), ("8",)),)),
         columns=(("9", "12"), ("13", "14", "15"), ("16", "note")),
         column_widths=(330, 320, 340),
         note="""## Wan 2.2 A14B: two experts, one AMDM stack
@@ -112,10 +126,9 @@ Files (Comfy-Org/Wan_2.2_ComfyUI_Repackaged, `split_files/`):
 - `vae/wan_2.1_vae.safetensors`""",
         note_height=520),
     "amdm_sd15_hyper_stages": Layout(
-        groups=(member_group(1, "base alone, cfg 6 (steps 0-1)", ("1",), ("2", "3"), ("6",)),
-                member_group(2, "Hyper-SD LoRA 0.5, cfg 2 (steps 2-3)", ("4",), (), ("7",)),
-                member_group(3, "Hyper-SD LoRA 1.0, cfg 1 (steps 4-7, target)", ("5",), (), ("8",))),
-        group_widths=(300, 380, 320),
+        rows=((member_group(1, "base alone, cfg 6 (steps 0-1)", (300, 380, 320), ("1",), ("2", "3"), ("6",)),),
+              (member_group(2, "Hyper-SD 0.5, cfg 2 (steps 2-3)", (490,), ("4", "7")),
+               member_group(3, "Hyper-SD 1.0, cfg 1 (steps 4-7, target)", (490,), ("5", "8")))),
         columns=(("10", "9"), ("11", "12", "13", "note")),
         column_widths=(320, 340),
         note="""## Three stages on one checkpoint
@@ -130,9 +143,8 @@ as a chain of KSamplerAdvanced nodes would; 8 euler / sgm_uniform steps: 2 + 2 +
 - `models/loras/Hyper-SD15-8steps-lora.safetensors`: Hugging Face `ByteDance/Hyper-SD`""",
         note_height=320),
     "amdm_sdxl_refiner": Layout(
-        groups=(member_group(1, "SDXL base (first 80 %)", ("1",), ("3", "4"), ("7",)),
-                member_group(2, "SDXL refiner (last 20 %, target)", ("2",), ("5", "6"), ("8",))),
-        group_widths=(300, 380, 320),
+        rows=((member_group(1, "SDXL base (first 80 %)", (300, 380, 320), ("1",), ("3", "4"), ("7",)),),
+              (member_group(2, "SDXL refiner (last 20 %, target)", (300, 380, 320), ("2",), ("5", "6"), ("8",)),)),
         columns=(("10", "9"), ("11", "12", "13", "note")),
         column_widths=(320, 340),
         note="""## SDXL base, then the refiner
@@ -226,25 +238,32 @@ def execution_order(prompt: dict) -> list[str]:
 
 def place(layout: Layout, heights: dict[str, int]) -> tuple[dict[str, tuple[int, int, int]], list[dict]]:
     """Every node's (x, y, width), y being the top of its body (below its title), and the
-    groups' boxes."""
+    groups' boxes; ``heights``: the body height each node takes in the taller renderer."""
     positions: dict[str, tuple[int, int, int]] = {}
     groups = []
-    column_x = [GROUP_PADDING + sum(layout.group_widths[:i]) + GAP * i for i in range(len(layout.group_widths))]
     top = 0
-    for number, group in enumerate(layout.groups, start=1):
-        bottom = top + GROUP_HEADER
-        for column, node_ids in enumerate(group.columns):
-            y = top + GROUP_HEADER
-            for node_id in node_ids:
-                positions[node_id] = (column_x[column], y + TITLE_HEIGHT, layout.group_widths[column])
-                y += TITLE_HEIGHT + heights[node_id] + GAP
-            bottom = max(bottom, y - GAP + GROUP_PADDING)
-        groups.append({"id": number, "title": group.title,
-                       "bounding": [0, top, column_x[-1] + layout.group_widths[-1] + GROUP_PADDING, bottom - top],
-                       "color": group.color, "font_size": 24, "flags": {}})
+    for row in layout.rows:
+        left, bottom = 0, top
+        for group in row:
+            group_bottom = top + GROUP_HEADER
+            x = left + GROUP_PADDING
+            for node_ids, width in zip(group.columns, group.widths, strict=True):
+                y = top + GROUP_HEADER
+                for node_id in node_ids:
+                    positions[node_id] = (x, y + TITLE_HEIGHT, width)
+                    y += TITLE_HEIGHT + heights[node_id] + GAP
+                group_bottom = max(group_bottom, y - GAP + GROUP_PADDING)
+                x += width + GAP
+            right = x - GAP + GROUP_PADDING
+            groups.append({"id": len(groups) + 1, "title": group.title, "bounding": [left, top, right - left, 0],
+                           "color": group.color, "font_size": 24, "flags": {}})
+            left, bottom = right + GAP, max(bottom, group_bottom)
+        for box in groups[-len(row):]:  # a row's groups are as tall as its tallest
+            box["bounding"][3] = bottom - top
         top = bottom + GAP
-    x = groups[0]["bounding"][2] + 2 * GAP
-    for node_ids, width in zip(layout.columns, layout.column_widths):
+    first_row_end = groups[len(layout.rows[0]) - 1]["bounding"]  # the first row's last group
+    x = first_row_end[0] + first_row_end[2] + 2 * GAP
+    for node_ids, width in zip(layout.columns, layout.column_widths, strict=True):
         y = 0
         for node_id in node_ids:
             positions[node_id] = (x, y + TITLE_HEIGHT, width)
@@ -253,11 +272,41 @@ def place(layout: Layout, heights: dict[str, int]) -> tuple[dict[str, tuple[int,
     return positions, groups
 
 
-def view(nodes: list[dict], groups: list[dict]) -> dict:
-    """extra.ds: the zoom and offset at which the whole graph is centred on the canvas."""
-    boxes = [(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in nodes] + [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
-                                 g["bounding"][1] + g["bounding"][3]) for g in groups]
+Box = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+def node_boxes(positions: dict[str, tuple[int, int, int]], heights: dict[str, int]) -> dict[str, Box]:
+    """Each node's box, title bar included."""
+    return {node_id: (x, y - TITLE_HEIGHT, x + width, y + heights[node_id])
+            for node_id, (x, y, width) in positions.items()}
+
+
+def group_boxes(groups: list[dict]) -> list[Box]:
+    return [(left, top, left + width, top + height) for left, top, width, height in (g["bounding"] for g in groups)]
+
+
+def overlapping(first: Box, second: Box) -> bool:
+    return first[0] < second[2] and second[0] < first[2] and first[1] < second[3] and second[1] < first[3]
+
+
+def check_no_overlaps(layout: Layout, boxes: dict[str, Box], groups: list[dict]) -> None:
+    """No node overlaps another node, or a group it is not in."""
+    node_ids = list(boxes)
+    for index, first in enumerate(node_ids):
+        for second in node_ids[index + 1:]:
+            if overlapping(boxes[first], boxes[second]):
+                raise SystemExit(f"nodes {first} and {second} overlap: make room in the layout")
+    laid_out_groups = [group for row in layout.rows for group in row]
+    for node_id, box in boxes.items():
+        under = [number for number, group_box in enumerate(group_boxes(groups)) if overlapping(box, group_box)]
+        home = [number for number, group in enumerate(laid_out_groups) if any(node_id in c for c in group.columns)]
+        if under != home:
+            raise SystemExit(f"node {node_id} overlaps a group it is not in: make room in the layout")
+
+
+def view(boxes: list[Box]) -> dict:
+    """extra.ds: the zoom and offset at which all the boxes (nodes and groups) are centred on
+    the canvas."""
     left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
     width, height = max(b[2] for b in boxes) - left, max(b[3] for b in boxes) - top
     scale = min(1.0, (CANVAS[0] - 2 * VIEW_MARGIN) / width, (CANVAS[1] - 2 * VIEW_MARGIN) / height)
@@ -271,7 +320,7 @@ def view(nodes: list[dict], groups: list[dict]) -> dict:
 
 def ui_workflow(prompt: dict, layout: Layout, object_info: dict) -> dict:
     """The LiteGraph workflow of an API prompt, laid out as ``layout`` says."""
-    laid_out = [node_id for group in layout.groups for column in group.columns for node_id in column] + \
+    laid_out = [node_id for row in layout.rows for group in row for column in group.columns for node_id in column] + \
                [node_id for column in layout.columns for node_id in column if node_id != "note"]
     if sorted(laid_out, key=int) != sorted(prompt, key=int):
         raise SystemExit(f"the layout places nodes {sorted(laid_out, key=int)}, the prompt has "
@@ -280,7 +329,15 @@ def ui_workflow(prompt: dict, layout: Layout, object_info: dict) -> dict:
     heights = {node_id: node_height(object_info[node["class_type"]], node["class_type"])
                for node_id, node in prompt.items()}
     heights["note"] = layout.note_height
-    positions, groups = place(layout, heights)
+    unmeasured = sorted({node["class_type"] for node in prompt.values()} - set(NODES_2_HEIGHTS))
+    if unmeasured:
+        raise SystemExit(f"NODES_2_HEIGHTS has no height for {', '.join(unmeasured)}: measure it under Nodes 2.0")
+    taller = dict(heights)  # the note is as tall as the file says in either renderer
+    for node_id, node in prompt.items():
+        taller[node_id] = max(heights[node_id], NODES_2_HEIGHTS[node["class_type"]])
+    positions, groups = place(layout, taller)
+    boxes = node_boxes(positions, taller)
+    check_no_overlaps(layout, boxes, groups)
 
     links: list[list] = []
     outgoing: dict[tuple[str, int], list[int]] = {}
@@ -338,7 +395,8 @@ def ui_workflow(prompt: dict, layout: Layout, object_info: dict) -> dict:
                   "color": NOTE_COLOR, "bgcolor": NOTE_BGCOLOR})
     return {"revision": 0, "last_node_id": int(note_id), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": groups, "config": {},
-            "extra": {"ds": view(nodes, groups), "frontendVersion": "1.27.10"}, "version": 0.4}
+            "extra": {"ds": view([*boxes.values(), *group_boxes(groups)]), "frontendVersion": "1.27.10"},
+            "version": 0.4}
 
 
 def server_object_info() -> dict:

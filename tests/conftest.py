@@ -1,9 +1,10 @@
 """Shared fixtures: ComfyUI in-process on the CPU, the pack, fixture models, a real server.
 
-ComfyUI is made importable (and forced onto the CPU) when this file is imported, before any
-test module is collected, so test modules may ``import comfy...``, ``import nodes`` (ComfyUI's)
-and ``import comfyui_amdm...`` (this repository, loaded as ComfyUI loads a custom node) at the
-top level. A missing ComfyUI is an error with instructions, never a skip.
+ComfyUI is made importable (and forced onto the CPU) before the first test module outside
+``tests/core/`` is imported, so those modules may ``import comfy...``, ``import nodes``
+(ComfyUI's) and ``import comfyui_amdm...`` (this repository, loaded as ComfyUI loads a custom
+node) at the top level. The core tests (``tests/core/``, plain torch) never look for ComfyUI.
+A missing ComfyUI is an error with instructions, never a skip.
 
 Session-scoped models are shared by all tests: clone a ModelPatcher / CLIP before patching it
 (as ComfyUI's own nodes do) instead of mutating the shared object.
@@ -11,6 +12,7 @@ Session-scoped models are shared by all tests: clone a ModelPatcher / CLIP befor
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +23,34 @@ import pytest
 from support import comfy_env, family_models, fixture_models
 from support.comfy_server import ComfyServer
 
-comfy_env.setup_comfy_in_process()
-
 ARTIFACTS_DIR = comfy_env.REPO_ROOT / "test-artifacts"
+CORE_TESTS_DIR = Path(__file__).resolve().parent / "core"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``AMDM_FRONTENDS=pinned`` (or ``current``, or both, comma-separated): the browser tests run
+    only with those frontend configurations (scripts/test.sh runs the current frontend once, on
+    the newest ComfyUI release); the others are deselected, and pytest says how many."""
+    selected = os.environ.get("AMDM_FRONTENDS")
+    if not selected:
+        return
+    kinds = {kind.strip() for kind in selected.split(",")}
+
+    def frontend_kind(item: pytest.Item) -> str | None:
+        frontend = getattr(item, "callspec", None) and item.callspec.params.get("session")
+        return None if frontend is None else str(frontend).split("-")[0]
+
+    deselected = [item for item in items if frontend_kind(item) not in (None, *kinds)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """ComfyUI set up before a test module that may import it is imported (the core tests'
+    modules need torch alone)."""
+    if isinstance(collector, pytest.Module) and CORE_TESTS_DIR not in collector.path.resolve().parents:
+        comfy_env.setup_comfy_in_process()
 
 
 class ComfyInProcess:
@@ -70,7 +97,9 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> ComfyInProcess:
 
 @pytest.fixture(scope="session")
 def pack(comfy: ComfyInProcess) -> types.ModuleType:
-    """The repository imported as package ``comfyui_amdm`` (import errors propagate)."""
+    """The repository imported as package ``comfyui_amdm`` (import errors propagate), after
+    ComfyUI's own extra nodes, as ComfyUI loads custom nodes."""
+    comfy_env.load_comfy_extra_nodes()
     return comfy_env.load_pack()
 
 

@@ -16,6 +16,7 @@ import json
 import re
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -701,8 +702,11 @@ def test_chart_shows_member_ranges_and_handoffs(session: FrontendSession, pack, 
         boundary.connect(1, app.graph.getNodeById(second), "start_percent");
     }""", [first, second])
     fed = page.chart_view(schedule)
-    end, start = run_node("AMDMExpertBoundary", model=sd15.model, preset="Wan 2.2 T2V (0.875)", boundary=0.875,
-                          unit="timestep", overlap=0.0)
+    # run_node starts an asyncio loop (the pack's V3 entry point), which cannot run in this
+    # thread beside sync Playwright's: it runs on a thread of its own.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        end, start = worker.submit(run_node, "AMDMExpertBoundary", model=sd15.model, preset="Wan 2.2 T2V (0.875)",
+                                   boundary=0.875, unit="timestep", overlap=0.0).result()
     plan = sampler_plan(fed, [StepRange(0.0, end), StepRange(start, 1.0)])
     assert fed["computed"] == [] and fed["problem"] is None
     assert fed["ranges"] == [[r.start, r.stop] for r in plan.active] and len(plan.stages) == 2

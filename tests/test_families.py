@@ -170,9 +170,11 @@ def test_comfyui_recognises_each_tiny_family(kit, family_files, family: str) -> 
         assert type(model.model.model_config).__name__ == config_class
         assert model.model.model_type.name == model_type
         assert type(model.get_model_object("latent_format")).__name__ == latent_format
-    if family_models.FAMILIES[family].stock_loader:  # the stock node detects them by itself
-        for name in family_models.family_models(family):
-            loaded = run_node("UNETLoader", unet_name=name, weight_dtype="default")[0]
+    for name in family_models.family_models(family):
+        if family_models.stock_loader_accepts(name):  # the stock node detects them by itself
+            node, file_input = family_models.STOCK_LOADER_NODES[family_models.MODELS[name].family.folder]
+            options = {"weight_dtype": "default"} if node == "UNETLoader" else {}
+            loaded = run_node(node, **{file_input: name}, **options)[0]
             assert type(loaded.model.model_config).__name__ == config_class
     if family == "sdxl_vpred_zsnr":
         assert kit(family).models[0].model.model_config.sampling_settings.get("zsnr") is True

@@ -69,7 +69,10 @@ def test_factors_follow_the_aggregation_and_the_weight_curve(core):
     assert core.guidance_factors(equal, "linear", "full").item() == pytest.approx(3.0)
     assert core.guidance_factors(equal, "slerp", "full").item() == pytest.approx(3.0)
     assert core.guidance_factors(equal, "paper", "full").item() == pytest.approx(math.sqrt(3.0))
-    decaying = core.step_weights([1.0, 1.0, 1.0], target=0, curve="linear_decay", length=4)
+    window = [core.Span(range(4), (0, 1, 2))]
+    [plan] = core.window_plans(window, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 0,
+                               core.Schedule(weight_curve="linear_decay")).values()
+    decaying = plan.weights
     factors = core.guidance_factors(decaying, "linear", "full")
     assert factors.tolist() == pytest.approx([3.0, 2.5, 2.0, 1.5])
     assert core.guidance_factors(decaying, "linear", "averaged").tolist() == [1.0] * 4

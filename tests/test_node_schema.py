@@ -21,6 +21,8 @@ ADDED_NODES = {"AMDMExpertBoundary"}
 V3_NODE_FIELDS = {"search_aliases", "essentials_category", "api_node", "price_badge", "is_input_list",
                   "has_intermediate_output", "deprecated", "experimental", "dev_only"}
 V3_INPUT_FIELDS = {"multiselect"}
+# Options the V3 schema writes out where V1 left them unset, at the value unset means.
+V1_UNSET = {"multiline": False}
 
 
 def recorded_info(version: str) -> dict:
@@ -42,6 +44,7 @@ def input_differences(node: str, name: str, old: list, new: list) -> list[str]:
         new_options = {k: v for k, v in new_options.items() if k != "options"}
     else:
         problems = [] if old[0] == new[0] else [f"{where}: type {old[0]} became {new[0]}"]
+    old_options, new_options = ({**V1_UNSET, **old_options}, {**V1_UNSET, **new_options})
     problems += [f"{where}: {key} {old_options.get(key)!r} became {new_options.get(key)!r}"
                  for key in (set(old_options) | set(new_options)) - V3_INPUT_FIELDS
                  if old_options.get(key) != new_options.get(key)]
@@ -83,7 +86,7 @@ def test_every_node_is_a_v3_node_registered_through_an_extension(pack):
 def test_object_info_is_the_recorded_v1_one_plus_v3_additions(comfy_server):
     from comfyui_version import __version__
     info = comfy_server.object_info()
-    pack = {name: spec for name, spec in info.items() if spec.get("python_module", "").startswith("custom_nodes")}
+    pack = {name: spec for name, spec in info.items() if spec.get("python_module") == "custom_nodes.comfyui-amdm"}
     recorded = recorded_info(__version__)
     assert schema_differences(recorded, pack) == []
     assert ADDED_NODES <= set(pack)

@@ -87,7 +87,7 @@ def _sigmas(model, model_sampling, scheduler: str, steps: int, denoise: float) -
 
 def test_the_window_is_the_documented_rule_for_every_family_and_scheduler(pack, families,
                                                                           model_a):
-    from comfyui_amdm.amdm_core import Schedule, window_for
+    from comfyui_amdm.amdm_core import Schedule, steps_in
     from comfyui_amdm.amdm_core.schedule import PROGRESS_TIE
     checked, mismatches, unrunnable = 0, [], 0
     for (family, model_sampling), scheduler, steps, denoise in itertools.product(
@@ -102,7 +102,7 @@ def test_the_window_is_the_documented_rule_for_every_family_and_scheduler(pack, 
         for start, end, start_step, end_step in windows:
             schedule = Schedule(start_percent=start, end_percent=end, start_step=start_step,
                                 end_step=end_step)
-            got = window_for(sigmas, model_sampling.percent_to_sigma, schedule)
+            got = steps_in(sigmas, model_sampling.percent_to_sigma, schedule.window)
             expected = _rule(progress, start, end, start_step, end_step, PROGRESS_TIE)
             checked += 1
             if got != expected:
@@ -122,17 +122,17 @@ def test_a_step_on_a_boundary_belongs_to_the_window_that_starts_there(pack, fami
                                                                        model_a, family,
                                                                        scheduler, steps, start,
                                                                        end, expected):
-    from comfyui_amdm.amdm_core import Schedule, window_for
+    from comfyui_amdm.amdm_core import Schedule, steps_in
     model_sampling = families[family]
     sigmas = _sigmas(model_a, model_sampling, scheduler, steps, 1.0).tolist()
-    window = window_for(sigmas, model_sampling.percent_to_sigma,
-                        Schedule(start_percent=start, end_percent=end))
+    window = steps_in(sigmas, model_sampling.percent_to_sigma,
+                      Schedule(start_percent=start, end_percent=end).window)
     assert window == expected
 
 
 def test_the_guider_uses_the_rule_on_the_targets_model_sampling(amdm, families, model_a,
                                                                 model_b, prompts):
-    """The guider's window is window_for on the target's own model_sampling, with the
+    """The guider's window is steps_in on the target's own model_sampling, with the
     sigmas the sampler runs on: checked by which steps the other member is evaluated at."""
     from support.sampling import EvaluationLog
     Member, Schedule = amdm

@@ -9,16 +9,29 @@ ComfyUI is found, in order, at:
 ComfyUI owns the top-level module names ``nodes``, ``utils``, ``server``, ``execution`` and
 others; this repository has a ``nodes/`` package of its own, so ComfyUI's directory always goes
 first on ``sys.path`` and a wrongly resolved ``nodes`` module is evicted before ComfyUI is used.
+ComfyUI's ``nodes.py`` (0.3.x) also puts its ``comfy/`` folder first on ``sys.path``, where
+``comfy/utils.py`` would shadow the ``utils`` package; ``main.py`` imports ``utils`` before
+``nodes``, and so does :func:`setup_comfy_in_process`.
+
+Releases of ComfyUI pin some packages exactly (``name==version`` in requirements.txt: the
+frontend, its templates and docs). Where one environment serves several releases, the pins of
+a release that the environment does not satisfy live in a folder of their own under the cache
+(:func:`pinned_requirements_dir`, filled by ``scripts/setup.sh``), which goes first on
+``sys.path`` in process and on ``PYTHONPATH`` for a server; a server without them is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
+import logging
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -71,11 +84,101 @@ def find_comfyui() -> Path:
             return fallback.resolve()
     raise RuntimeError(
         "ComfyUI was not found. Provide it in one of these ways:\n"
-        "  - run `bash scripts/setup.sh` (clones ComfyUI v0.3.64 into "
-        f"{fallbacks[0]});\n"
+        "  - run `bash scripts/setup.sh` (puts the ComfyUI releases of scripts/comfyui-releases.txt "
+        f"under {cache_dir()}, the lowest at {fallbacks[0]});\n"
         "  - set COMFYUI_PATH to an existing ComfyUI directory;\n"
         "  - place this repository at <ComfyUI>/custom_nodes/<dir>."
     )
+
+
+def comfyui_version(comfy_dir: Path) -> str:
+    """The version a ComfyUI checkout declares (its comfyui_version.py), or "unknown"."""
+    version_file = Path(comfy_dir) / "comfyui_version.py"
+    text = version_file.read_text(encoding="utf-8") if version_file.is_file() else ""
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
+    return match.group(1) if match else "unknown"
+
+
+def normalized_name(name: str) -> str:
+    """A package name as pip compares names (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def exact_pins(comfy_dir: Path) -> dict[str, str]:
+    """The packages ComfyUI's requirements.txt pins to one version (``name==version``)."""
+    pins = {}
+    for line in (Path(comfy_dir) / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(#.*)?$", line)
+        if match:
+            pins[normalized_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def pinned_requirements_dir(comfy_dir: Path) -> Path:
+    """Where ``scripts/setup.sh`` installs the pins of this ComfyUI that the environment does
+    not satisfy (``pip install --target``): one folder per release and set of pins."""
+    pins = "\n".join(f"{name}=={version}" for name, version in sorted(exact_pins(comfy_dir).items()))
+    digest = hashlib.sha256(pins.encode("utf-8")).hexdigest()[:10]
+    return cache_dir() / "pinned-requirements" / f"ComfyUI-{comfyui_version(comfy_dir)}-{digest}"
+
+
+def distributions_in(directory: Path) -> dict[str, str]:
+    """{normalized name: version} of the packages installed in a ``pip --target`` folder."""
+    found = {}
+    for info in directory.glob("*.dist-info") if directory.is_dir() else ():
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        found[normalized_name(name)] = version
+    return found
+
+
+def unsatisfied_pins(comfy_dir: Path) -> dict[str, str]:
+    """The exact pins of this ComfyUI that the Python environment does not satisfy (ignoring
+    :func:`pinned_requirements_dir`, which is where they go)."""
+    directory = pinned_requirements_dir(comfy_dir)
+    path = [entry for entry in sys.path if Path(entry or ".").resolve() != directory.resolve()]
+    unsatisfied = {}
+    for name, version in exact_pins(comfy_dir).items():
+        installed = next((dist.version for dist in importlib.metadata.distributions(name=name, path=path)), None)
+        if installed != version:
+            unsatisfied[name] = version
+    return unsatisfied
+
+
+def pinned_import_paths(comfy_dir: Path) -> list[Path]:
+    """Folders that must precede the environment's packages for this ComfyUI: its pinned
+    requirements folder when it holds pins the environment does not satisfy, else nothing."""
+    directory = pinned_requirements_dir(comfy_dir)
+    provided = distributions_in(directory)
+    unsatisfied = unsatisfied_pins(comfy_dir)
+    return [directory] if any(provided.get(name) == version for name, version in unsatisfied.items()) else []
+
+
+def missing_pins(comfy_dir: Path) -> list[str]:
+    """This ComfyUI's exact pins that neither the environment nor its pinned requirements
+    folder satisfies (a server warns about an old frontend; in process nothing imports it)."""
+    provided = distributions_in(pinned_requirements_dir(comfy_dir))
+    return [f"{name}=={version}" for name, version in unsatisfied_pins(comfy_dir).items()
+            if provided.get(name) != version]
+
+
+def server_environment(comfy_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables for a ComfyUI process of ``comfy_dir``: ``base`` (default: this
+    process's) with :func:`pinned_import_paths` first on PYTHONPATH. Raises RuntimeError, saying
+    how to install them, when the packages ComfyUI pins are missing (:func:`missing_pins`)."""
+    missing = missing_pins(comfy_dir)
+    if missing:
+        raise RuntimeError(
+            f"ComfyUI {comfyui_version(comfy_dir)} at {comfy_dir} pins {', '.join(missing)}, which this "
+            f"Python environment does not have: run `bash scripts/setup.sh` (installs them into "
+            f"{pinned_requirements_dir(comfy_dir)}), or `pip install -r {Path(comfy_dir) / 'requirements.txt'}`."
+        )
+    env = dict(os.environ if base is None else base)
+    paths = [str(path) for path in pinned_import_paths(comfy_dir)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 def _evict_shadowing_modules(comfy_dir: Path) -> None:
@@ -112,6 +215,9 @@ def setup_comfy_in_process(device: str = "cpu") -> Path:
     # so that the torch-only `amdm_core` is importable as a top-level package.
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(1, str(REPO_ROOT))
+    for position, path in enumerate(pinned_import_paths(comfy_dir), start=2):
+        if str(path) not in sys.path:
+            sys.path.insert(position, str(path))
     _evict_shadowing_modules(comfy_dir)
     install_pack_finder()
 
@@ -129,32 +235,91 @@ def setup_comfy_in_process(device: str = "cpu") -> Path:
             setattr(args, flag.lstrip("-").replace("-", "_"), True)
         # The default database lives inside the ComfyUI tree; nothing in-process needs it.
         args.database_url = "sqlite:///:memory:"
+        if device == "gpu":
+            _start_dynamic_vram()
 
+    # Before `nodes`, as main.py does: nodes.py puts comfy/ first on sys.path, and a later
+    # `import utils` (server.py's `from utils.install_util import ...`) would find comfy/utils.py.
+    import utils
     import nodes
 
-    if Path(nodes.__file__).resolve() != comfy_dir / "nodes.py":
-        raise RuntimeError(f"`nodes` resolved to {nodes.__file__}, expected ComfyUI's {comfy_dir / 'nodes.py'}")
+    for module, expected in ((utils, comfy_dir / "utils" / "__init__.py"), (nodes, comfy_dir / "nodes.py")):
+        if Path(module.__file__).resolve() != expected:
+            raise RuntimeError(f"`{module.__name__}` resolved to {module.__file__}, expected ComfyUI's {expected}")
     _comfy_dir = comfy_dir
     return comfy_dir
 
 
-_extra_nodes_loaded = False
+def _start_dynamic_vram() -> None:
+    """ComfyUI's default memory management on an NVIDIA GPU where the release has it
+    (DynamicVRAM: comfy-aimdo's allocator and ``model_patcher.ModelPatcherDynamic``, 0.28),
+    started with the calls main.py makes at start-up; elsewhere nothing changes."""
+    import comfy.cli_args
+
+    if not getattr(comfy.cli_args, "enables_dynamic_vram", lambda: False)():
+        return
+    try:
+        import comfy_aimdo.control
+    except ImportError:
+        return
+    args = comfy.cli_args.args
+    comfy_aimdo.control.init(simple_vram_headroom=None if args.reserve_vram is None
+                             else int(args.reserve_vram * 1024 ** 3))
+    import comfy.memory_management
+    import comfy.model_management
+    import comfy.model_patcher
+
+    if not comfy.model_management.is_nvidia() or comfy.model_management.is_wsl():
+        return
+    headroom = int(args.vram_headroom * 1024 ** 3)
+    if comfy_aimdo.control.init_devices((device.index, headroom)
+                                        for device in comfy.model_management.get_all_torch_devices()):
+        comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
+
+
+_extra_nodes_failed: list[str] | None = None  # None: not loaded yet
+
+
+class _LoggedMessages(logging.Handler):
+    """Keeps the messages logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def load_comfy_extra_nodes() -> None:
     """Register ComfyUI's built-in extra nodes (comfy_extras: SamplerCustomAdvanced, ...). Idempotent.
 
-    Custom nodes and API nodes are not loaded; extras whose optional dependencies are missing
-    are logged by ComfyUI and skipped, as in the server.
+    Custom nodes and API nodes are not loaded. A file of comfy_extras that fails to import is
+    an error naming it (ComfyUI itself only logs "IMPORT FAILED"): ``scripts/setup.sh``
+    installs everything they import. Files that register with the running server
+    (``PromptServer.instance``; 0.28's node replacements) cannot load without one; the test
+    server and the set-up's start check load them.
     """
-    global _extra_nodes_loaded
-    if _extra_nodes_loaded:
-        return
-    setup_comfy_in_process()
-    import nodes
+    global _extra_nodes_failed
+    if _extra_nodes_failed is None:
+        setup_comfy_in_process()
+        import nodes
 
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    _extra_nodes_loaded = True
+        root, logged = logging.getLogger(), _LoggedMessages()
+        level = root.level
+        root.addHandler(logged)
+        root.setLevel(min(level, logging.WARNING) or logging.WARNING)  # ComfyUI warns why
+        try:
+            failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        finally:
+            root.removeHandler(logged)
+            root.setLevel(level)
+        _extra_nodes_failed = [name for name in failed if not any(
+            name in message and "PromptServer" in message for message in logged.messages)]
+    if _extra_nodes_failed:
+        raise RuntimeError(f"ComfyUI's {', '.join(_extra_nodes_failed)} failed to import (its log says "
+                           "why); run `bash scripts/setup.sh` to install what ComfyUI imports")
 
 
 def node_class(class_type: str) -> type:
@@ -162,7 +327,7 @@ def node_class(class_type: str) -> type:
     setup_comfy_in_process()
     import nodes
 
-    if class_type not in nodes.NODE_CLASS_MAPPINGS:
+    if class_type not in nodes.NODE_CLASS_MAPPINGS and class_type not in _pack_mappings():
         load_comfy_extra_nodes()
     if class_type not in nodes.NODE_CLASS_MAPPINGS and class_type not in _pack_mappings():
         raise KeyError(f"no ComfyUI node named {class_type!r}")
@@ -181,11 +346,15 @@ def _pack_mappings() -> dict[str, type]:
 
 def run_node(class_type: str, **inputs: Any) -> tuple:
     """Call a node's FUNCTION with keyword inputs (no hidden inputs, no list expansion) and
-    return its output tuple."""
+    return its output tuple; under torch.inference_mode(), as ComfyUI's executor runs nodes
+    (a tensor made in inference mode, cached by one node, cannot enter autograd in another)."""
+    import torch
+
     cls = node_class(class_type)
-    result = getattr(cls(), cls.FUNCTION)(**inputs)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+    with torch.inference_mode():
+        result = getattr(cls(), cls.FUNCTION)(**inputs)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
     if isinstance(result, dict):  # V1 output node: {"ui": ..., "result": (...)}
         result = result.get("result", ())
     elif not isinstance(result, tuple) and hasattr(result, "result"):  # V3 io.NodeOutput

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ PACK_NODE_PROBE = "AMDMSampler"  # present in /object_info only if the pack impo
 # Test-only nodes beside the pack: attention patches written the way other packs write theirs.
 PATCH_NODES = "amdm_test_patch_nodes"
 PATCH_NODES_DIR = Path(__file__).resolve().parent / "patch_nodes"
+# What ComfyUI logs for one of its own files, or a custom node, that failed to import.
+IMPORT_FAILURE = re.compile(r"IMPORT FAILED|^Cannot import ")
 
 
 class ComfyServerError(RuntimeError):
@@ -89,7 +92,8 @@ class ComfyServer:
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log_path, "w", encoding="utf-8")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = comfy_env.server_environment(self.comfy_dir, dict(
+            os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
         started = time.perf_counter()
         self._process = subprocess.Popen(
             command, cwd=self.comfy_dir, stdout=self._log_handle, stderr=subprocess.STDOUT,
@@ -115,6 +119,14 @@ class ComfyServer:
                 time.sleep(0.25)
         self.startup_seconds = time.perf_counter() - started
         logger.info("ComfyUI server up on %s after %.1fs", self.url, self.startup_seconds)
+        failed = [line for line in self.log_text().splitlines() if IMPORT_FAILURE.search(line)]
+        if failed:
+            self.stop()
+            raise ComfyServerError(
+                "ComfyUI started, but some of its modules or custom nodes did not import (run "
+                "`bash scripts/setup.sh`):\n" + "\n".join(failed)
+                + f"\n{self.pack_import_error() or ''}\nlog {self.log_path}"
+            )
         return self
 
     def stop(self) -> None:

@@ -6,14 +6,17 @@ A14B's high-noise and low-noise experts). Every model is a real ComfyUI model of
 (its ``supported_models`` class, ``model_base`` wrapper, latent format and model_sampling) at a
 width of about one million parameters, so that a sampling step takes milliseconds on a CPU.
 
-How ComfyUI recognises them:
+How ComfyUI recognises them (:func:`stock_loader_accepts` finds out by loading each file
+with the loader of its models folder, since releases differ):
 
 * SD3 and Wan: ComfyUI's detection reads every width from the weights, so the tiny files
   load through the stock UNETLoader (``comfy.sd.load_diffusion_model``), on a server too.
 * Flux: detection reads the layout (double/single blocks, guidance embedding) from the keys
-  and picks ``Flux`` or ``FluxSchnell``, but hard-codes the full width (hidden size 3072,
-  24 heads). :func:`load_model` runs the same detection, replaces the hard-coded width with the
-  one the weights have, and loads the model the way ``load_diffusion_model_state_dict`` does.
+  and picks ``Flux`` or ``FluxSchnell``. ComfyUI 0.3.64 hard-codes the full width (hidden
+  size 3072, 24 heads); later releases read it from the weights, and their UNETLoader takes
+  the tiny files. Where the stock loader refuses them, :func:`load_model` runs the same
+  detection, replaces the hard-coded width with the one the weights have, and loads the model
+  the way ``load_diffusion_model_state_dict`` does.
 * SDXL: ``supported_models.SDXL`` is matched on full-size numbers (model_channels 320,
   transformer depths [0, 0, 2, 2, 10, 10], context 2048); the tiny UNet's config is read from
   its keys by ComfyUI's ``detect_unet_config`` and the SDXL class is named explicitly. The
@@ -41,11 +44,12 @@ under the names the example workflows use. Change ``VERSION`` whenever generated
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +74,6 @@ class Family:
     config_class: str  # comfy.supported_models class
     unet_config: dict[str, Any]  # what the tiny network is built from
     folder: str  # models folder of its files
-    stock_loader: bool  # whether ComfyUI's UNETLoader detects the tiny file by itself
     markers: tuple[str, ...] = ()  # marker keys of real checkpoints (SDXL v-prediction, zsnr)
     # Config entries that ComfyUI's detection hard-codes at full size, read from the weights
     # instead: {config key: function of the state dict}.
@@ -107,26 +110,24 @@ _FLUX_WIDTHS: dict[str, Callable[[dict], Any]] = {
 }
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
-    Family("sdxl", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS, stock_loader=False),
-    Family("sdxl_vpred_zsnr", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS, stock_loader=False,
-           markers=("v_pred", "ztsnr")),
-    Family("sdxl_refiner", "SDXLRefiner", _TINY_SDXL_REFINER_UNET, CHECKPOINTS, stock_loader=False),
+    Family("sdxl", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS),
+    Family("sdxl_vpred_zsnr", "SDXL", _TINY_SDXL_UNET, CHECKPOINTS, markers=("v_pred", "ztsnr")),
+    Family("sdxl_refiner", "SDXLRefiner", _TINY_SDXL_REFINER_UNET, CHECKPOINTS),
     Family("sd3", "SD3", {
         "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
         "adm_in_channels": 2048, "num_patches": 1024, "pos_embed_max_size": 32, "qk_norm": "rms",
         "context_embedder_config": {"target": "torch.nn.Linear",
                                     "params": {"in_features": 4096, "out_features": 128}},
         "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
-    }, DIFFUSION_MODELS, stock_loader=True),
-    Family("flux_dev", "Flux", _flux_config(guidance_embed=True), DIFFUSION_MODELS,
-           stock_loader=False, widths=_FLUX_WIDTHS),
+    }, DIFFUSION_MODELS),
+    Family("flux_dev", "Flux", _flux_config(guidance_embed=True), DIFFUSION_MODELS, widths=_FLUX_WIDTHS),
     Family("flux_schnell", "FluxSchnell", _flux_config(guidance_embed=False), DIFFUSION_MODELS,
-           stock_loader=False, widths=_FLUX_WIDTHS),
+           widths=_FLUX_WIDTHS),
     Family("wan21", "WAN21_T2V", {
         "image_model": "wan2.1", "model_type": "t2v", "dim": 128, "out_dim": 16, "num_heads": 1,
         "ffn_dim": 256, "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 256,
         "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6, "in_dim": 16,
-    }, DIFFUSION_MODELS, stock_loader=True),
+    }, DIFFUSION_MODELS),
 )}
 
 
@@ -225,25 +226,57 @@ def link_into(models_dir: Path, folders: tuple[str, ...] = (DIFFUSION_MODELS, TE
 
 # ----------------------------------------------------------------------------- loading
 
+# ComfyUI's loader node for each models folder of the tiny files, and its input naming the file.
+STOCK_LOADER_NODES = {DIFFUSION_MODELS: ("UNETLoader", "unet_name"),
+                      CHECKPOINTS: ("CheckpointLoaderSimple", "ckpt_name")}
+
+
+def _stock_load(file_name: str) -> Any:
+    """The tiny model loaded by the call of its folder's loader node (UNETLoader:
+    ``comfy.sd.load_diffusion_model``; CheckpointLoaderSimple: ``load_checkpoint_guess_config``),
+    or None where that loader refuses it or takes it for another family."""
+    comfy_env.setup_comfy_in_process()
+    import comfy.sd
+
+    model = MODELS[file_name]
+    path = str(ensure_family_models()[model.family.folder][file_name])
+    try:
+        if model.family.folder == CHECKPOINTS:
+            patcher = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
+        else:
+            patcher = comfy.sd.load_diffusion_model(path)
+    except RuntimeError as error:  # "Could not detect model type", or a full-size guess's shapes
+        logger.debug("the stock loader refuses %s: %s", file_name, str(error).splitlines()[0])
+        return None
+    return patcher if type(patcher.model.model_config).__name__ == model.family.config_class else None
+
+
+@functools.cache
+def stock_loader_accepts(file_name: str) -> bool:
+    """Whether this ComfyUI's own loader node for the file's models folder
+    (:data:`STOCK_LOADER_NODES`) loads the tiny file as its family: found by loading it."""
+    return _stock_load(file_name) is not None
+
+
 def load_model(file_name: str) -> Any:
     """The tiny model as a ComfyUI ModelPatcher.
 
-    SD3 and Wan go through ``comfy.sd.load_diffusion_model``, UNETLoader's own call. SDXL and
-    Flux go through ComfyUI's detection with the width taken from the weights (see the module
-    docstring), then the steps of ``load_diffusion_model_state_dict``.
+    Where the stock loader of its folder accepts the file (:func:`stock_loader_accepts`), through
+    that loader's own call. Otherwise (SDXL; Flux on ComfyUI 0.3.64) through ComfyUI's detection
+    with the width taken from the weights (see the module docstring), then the steps of
+    ``load_diffusion_model_state_dict``.
     """
     comfy_env.setup_comfy_in_process()
     import comfy.model_detection
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.sd
     import comfy.supported_models
     import comfy.utils
 
     model = MODELS[file_name]
     path = ensure_family_models()[model.family.folder][file_name]
-    if model.family.stock_loader:
-        return comfy.sd.load_diffusion_model(str(path))
+    if stock_loader_accepts(file_name):
+        return _stock_load(file_name)
 
     state_dict = comfy.utils.load_torch_file(str(path))
     prefix = comfy.model_detection.unet_prefix_from_state_dict(state_dict)
@@ -306,9 +339,22 @@ def _family_network(family: Family) -> torch.nn.Module:
     """The diffusion network of a family at the tiny config, built by ComfyUI's own classes."""
     import comfy.supported_models
 
-    model_config = getattr(comfy.supported_models, family.config_class)(family.unet_config)
+    model_config = getattr(comfy.supported_models, family.config_class)(_unet_config(family))
     model_config.set_inference_dtype(torch.float32, None)
     return _meta_module(lambda: model_config.get_model({}).diffusion_model)
+
+
+def _unet_config(family: Family) -> dict[str, Any]:
+    """The family's tiny config, plus the entries this ComfyUI's model class requires beyond
+    it: later releases' FluxParams has a required ``txt_ids_dims`` (none for Flux 1, as their
+    detection sets it). No weights depend on it."""
+    config = dict(family.unet_config)
+    if config.get("image_model") == "flux":
+        import comfy.ldm.flux.model
+
+        if "txt_ids_dims" in {entry.name for entry in fields(comfy.ldm.flux.model.FluxParams)}:
+            config.setdefault("txt_ids_dims", [])
+    return config
 
 
 def _model_builder(model: TinyModel) -> Callable[[], dict[str, torch.Tensor]]:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from amdm_core import (EVERY_STEP, Schedule, Span, StepRange, WindowPlan, aggregate,  # noqa: E402
