@@ -371,14 +371,15 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
     for name in ("frontier", "grid"):
         with Image.open(paths[name]) as image:
             assert image.width > 600 and image.height > 300, name
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{run.README_BEGIN}\nold table\n{run.README_END}\nafter\n")
-    run.replace_between(readme, run.README_BEGIN, run.README_END, run.results_text(outcome, config, "###"))
-    updated = readme.read_text()
+    page = tmp_path / "toy_ecosystem.md"
+    page.write_text(f"before\n{run.RESULTS_BEGIN}\nold table\n{run.RESULTS_END}\nafter\n")
+    run.replace_between(page, run.RESULTS_BEGIN, run.RESULTS_END, run.results_text(outcome, config, "###"))
+    updated = page.read_text()
     assert "old table" not in updated and updated.startswith("before\n") and updated.endswith("after\n")
     assert "### What the numbers say" in updated and "| AMDM modes | AMDM " in updated
     handoff_rows = result["handoff"]["rows"]
     assert result["handoff"]["boundary_step"] == 8 and result["handoff"]["hard_switch_equals_chain"]
+    assert result["handoff"]["images_per_ecosystem"] == REQUESTS * config.handoff_seeds
     assert [row["evals_per_image"] for row in handoff_rows] == [40.0, 40.0, 48.0, 48.0]
     assert all(len(row["joint"]["per_ecosystem"]) == len(ECOSYSTEMS) for row in handoff_rows)
     handoff = run.handoff_text(outcome, config, "###")
@@ -387,13 +388,13 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
         assert image.width > 600 and image.height > 300
 
 
-def test_the_readme_shows_the_committed_results(pack) -> None:
-    """The README's tables are the main job's: every row of the committed JSON appears in
-    the README with its evaluations, joint accuracy and per-ecosystem values."""
+def test_the_results_page_shows_the_committed_results(pack) -> None:
+    """docs/toy_ecosystem.md's tables are the main job's: every row of the committed JSON
+    appears there with its evaluations, joint accuracy and per-ecosystem values."""
     from benchmarks.toy_ecosystem import run
 
-    readme = (comfy_env.REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index(run.README_BEGIN):readme.index(run.README_END)]
+    page = run.RESULTS_PAGE.read_text(encoding="utf-8")
+    block = page[page.index(run.RESULTS_BEGIN):page.index(run.RESULTS_END)]
     result = json.loads((comfy_env.REPO_ROOT / "benchmarks" / "results" / "toy_ecosystem.json").read_text())
     rows = result["rows"] + result["two_member_rows"]
     lines = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]

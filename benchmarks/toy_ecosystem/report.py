@@ -148,7 +148,7 @@ HANDOFF_FAMILIES = (
     ("overlap, full guidance", (30, 160, 80), _handoff("ranges", "full")),
     ("overlap, averaged guidance", (60, 110, 220), _handoff("ranges", "averaged")),
 )
-FRONTIER_NOTE = ("numbers: rows of the README table; bars: one standard error over the ecosystems; "
+FRONTIER_NOTE = ("numbers: rows of the table in docs/toy_ecosystem.md; bars: one standard error over the ecosystems; "
                  "overlapping rows of equal cost are spread sideways; line: the window sweep around the "
                  "budget preset")
 PRESET_COLOUR = (210, 40, 40)
@@ -158,7 +158,7 @@ OVERLAP = 0.03  # values closer than this at one cost would hide each other
 
 def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str,
                   lines: Sequence[Sequence[RowSummary]] = ()) -> None:
-    """The README's chart (see frontier_chart), saved to ``path``."""
+    """docs/toy_ecosystem.md's chart (see frontier_chart), saved to ``path``."""
     image = frontier_chart(summaries, title, lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

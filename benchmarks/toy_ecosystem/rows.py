@@ -22,7 +22,7 @@ Sampler = Callable[[Batch], torch.Tensor]
 Builder = Callable[[Ecosystem, EvaluationCounter], Sampler]
 
 # The three-member ecosystem, in stack order, and the member that finishes alone: the one
-# whose aspect settles last (measured: shape; see the README).
+# whose aspect settles last (measured: shape; see docs/toy_ecosystem.md).
 MEMBERS: tuple[str, ...] = tuple(MEMBER_ASPECTS)
 TARGET = "shape"
 # The paper's case: two members, a layout model aggregated into an attribute model.

@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
-README = REPO_ROOT / "README.md"
-# The README's copy of the tables lies between these lines; the main job rewrites it.
-README_BEGIN = "<!-- toy ecosystem results: written by python3 -m benchmarks.toy_ecosystem -->"
-README_END = "<!-- end of toy ecosystem results -->"
+RESULTS_PAGE = REPO_ROOT / "docs" / "toy_ecosystem.md"
+# The results page's copy of the tables lies between these lines; the main job rewrites it.
+RESULTS_BEGIN = "<!-- toy ecosystem results: written by python3 -m benchmarks.toy_ecosystem -->"
+RESULTS_END = "<!-- end of toy ecosystem results -->"
 # The handoff page's copy of its table, likewise.
 HANDOFF_PAGE = REPO_ROOT / "docs" / "handoff.md"
 HANDOFF_BEGIN = "<!-- toy handoff results: written by python3 -m benchmarks.toy_ecosystem -->"
@@ -70,7 +70,8 @@ def select(development: Sequence[models.Ecosystem], config: study.StudyConfig) -
     candidates = [rows.score_sum_row(rows.MEMBERS, rows.TARGET)]
     candidates += [rows.amdm_row("AMDM candidate", settings) for settings in rows.candidate_settings()]
     results = study.run_tables({"presets": study.Table(candidates, development, task.ASPECTS),
-                                "handoff": study.Table(rows.handoff_candidates(), development, task.ASPECTS)},
+                                "handoff": study.Table(rows.handoff_candidates(), development, task.ASPECTS,
+                                                       config.handoff_seeds)},
                                config)
     summaries = results["presets"]
     presets = study.choose_presets(summaries[1:], summaries[0])
@@ -97,7 +98,8 @@ def run_study(config: study.StudyConfig, report_seeds: Sequence[int] = REPORT_SE
     ecosystems = load(report_seeds, retrain, retrain_experts, ship)
     tables = {"three": study.Table(rows.three_member_rows(presets.budget, presets.match), ecosystems, task.ASPECTS),
               "two": study.Table(rows.two_member_rows(presets.budget), ecosystems, rows.PAIR),
-              "handoff": study.Table(rows.handoff_rows(handoff, full), ecosystems, task.ASPECTS)}
+              "handoff": study.Table(rows.handoff_rows(handoff, full), ecosystems, task.ASPECTS,
+                                     config.handoff_seeds)}
     if full:
         tables["ideas"] = study.Table(rows.idea_rows(), ecosystems, task.ASPECTS)
     results = study.run_tables(tables, config)
@@ -237,7 +239,8 @@ def handoff_setup_text(config: study.StudyConfig, outcome: Outcome) -> str:
             f"fine-tuned from each ecosystem's base on every aspect's labels (steps: {trained}): the high-noise "
             f"expert on the noise levels before progress {experts.boundary_percent:g} (sigma {sigma:.2f}), the "
             f"low-noise expert on those after it. Per ecosystem and row: {config.requests} requests x "
-            f"{config.seeds} seeds = {config.images} images; {settings.sampler_name}/{settings.scheduler}, "
+            f"{config.handoff_seeds} seed(s) = {config.handoff_images} images; "
+            f"{settings.sampler_name}/{settings.scheduler}, "
             f"{settings.steps} steps, cfg {settings.cfg:g}: the high-noise expert's steps are 0 to "
             f"{rows.boundary_step(settings) - 1}. Overlaps in timestep percent, centred on the boundary "
             f"(AMDMExpertBoundary's overlap input): on the overlap both experts step and the pack aggregates them "
@@ -254,10 +257,14 @@ def handoff_conclusions(summaries: Sequence[RowSummary], preset: Handoff) -> lis
              f"({' / '.join(f'{value:.2f}' for value in switch.joint.per_ecosystem)}), realism "
              f"{switch.metrics['realism'].mean:.3f}."]
     overlaps = [s for s in summaries if s.row.handoff is not None and s.row.handoff.overlap > 0]
-    for label, compare in (("above", lambda x, y: x > y), ("below", lambda x, y: x < y)):
+    for label, metric, compare in (("Joint accuracy above", "joint", float.__gt__),
+                                   ("Joint accuracy below", "joint", float.__lt__),
+                                   ("Realism better (closer to clean renders) than", "realism", float.__lt__),
+                                   ("Realism worse than", "realism", float.__gt__)):
         names = [s.row.name for s in overlaps
-                 if all(compare(x, y) for x, y in zip(s.joint.per_ecosystem, switch.joint.per_ecosystem))]
-        lines.append(f"- Joint accuracy {label} the hard switch's in every ecosystem: "
+                 if all(compare(x, y) for x, y in zip(s.metrics[metric].per_ecosystem,
+                                                      switch.metrics[metric].per_ecosystem))]
+        lines.append(f"- {label} the hard switch's in every ecosystem: "
                      + ("; ".join(names) if names else "none") + ".")
     for summary in overlaps:
         lines.append(f"- {summary.row.name}: "
@@ -319,7 +326,7 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
                  "met_at_equal_steps_by": [s.row.name for s in meeting_at_equal_steps(three)]},
         "rows": report.rows_json(three, 1),
         "two_member_rows": report.rows_json(two, first_pair),
-        "handoff": handoff_json(outcome)})
+        "handoff": handoff_json(outcome, config)})
     report.frontier_plot(three, paths["frontier"],
                          f"Toy ecosystems {', '.join(map(str, outcome.report_seeds))}: three members "
                          f"({rows.SETTINGS.steps} steps unless the row names its own)",
@@ -346,9 +353,10 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
     return paths
 
 
-def handoff_json(outcome: Outcome) -> dict:
+def handoff_json(outcome: Outcome, config: study.StudyConfig) -> dict:
     experts = models.ExpertPlan()
-    return {"boundary_percent": experts.boundary_percent, "boundary_step": rows.boundary_step(),
+    return {"images_per_ecosystem": config.handoff_images,
+            "boundary_percent": experts.boundary_percent, "boundary_step": rows.boundary_step(),
             "overlaps_percent": list(rows.OVERLAPS), "expert_training_steps": dict(experts.steps),
             "preset": rows.describe_handoff(outcome.handoff_preset), "hard_switch_equals_chain": True,
             "rows": report.rows_json(outcome.handoff, 1)}
