@@ -5,6 +5,7 @@ markdown, the JSON, the frontier plots and the grid."""
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
@@ -257,10 +258,10 @@ def handoff_conclusions(summaries: Sequence[RowSummary], preset: Handoff) -> lis
              f"({' / '.join(f'{value:.2f}' for value in switch.joint.per_ecosystem)}), realism "
              f"{switch.metrics['realism'].mean:.3f}."]
     overlaps = [s for s in summaries if s.row.handoff is not None and s.row.handoff.overlap > 0]
-    for label, metric, compare in (("Joint accuracy above", "joint", float.__gt__),
-                                   ("Joint accuracy below", "joint", float.__lt__),
-                                   ("Realism better (closer to clean renders) than", "realism", float.__lt__),
-                                   ("Realism worse than", "realism", float.__gt__)):
+    for label, metric, compare in (("Joint accuracy above", "joint", operator.gt),
+                                   ("Joint accuracy below", "joint", operator.lt),
+                                   ("Realism better (closer to clean renders) than", "realism", operator.lt),
+                                   ("Realism worse than", "realism", operator.gt)):
         names = [s.row.name for s in overlaps
                  if all(compare(x, y) for x, y in zip(s.metrics[metric].per_ecosystem,
                                                       switch.metrics[metric].per_ecosystem))]
