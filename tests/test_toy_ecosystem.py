@@ -1,11 +1,13 @@
 """The toy ecosystem study: its detectors against exact ground truth, the rule that chooses
-AMDM's presets, the shipped and retrained weights, and a short run of the study itself
-through ComfyUI's and the pack's nodes on two shipped ecosystems.
+AMDM's presets, the shipped and retrained weights (members and noise-level experts), and a
+short run of the study itself through ComfyUI's and the pack's nodes on two shipped
+ecosystems.
 
 The short run checks what must hold whatever the exact numbers: members beat chance on
 their own aspect, the budget preset brings the aspects together far beyond any member
 alone, evaluation counts match ComfyUI's actual UNet calls, AMDM latents are finite, the
-outputs are written in the documented schema.
+experts' hard switch through the pack's member ranges is the KSamplerAdvanced chain bit for
+bit, the outputs are written in the documented schema.
 """
 
 from __future__ import annotations
@@ -113,38 +115,88 @@ def test_presets_rule_takes_the_cheapest_of_the_tied_best_within_budget(pack) ->
     assert reference.joint.standard_error == pytest.approx(0.01)
 
 
+def model_weights(ecosystem) -> dict:
+    return {name: model.model.diffusion_model.state_dict()
+            for name, model in {"base": ecosystem.base, **ecosystem.members, **ecosystem.experts}.items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, state in a.items():
+        for key, value in state.items():
+            assert torch.equal(value, b[name][key]), (name, key)
+
+
 def test_retraining_is_deterministic_and_ships_what_it_trained(pack, tmp_path, monkeypatch) -> None:
     """A few training steps (the mechanics, not the quality): retraining from scratch gives
-    the same weights, the shipped copy loads to the same models, and weights of another
-    plan are refused with a way out."""
+    the same weights, members and noise-level experts alike, the shipped copy loads to the
+    same models, and weights of another plan are refused with a way out."""
     from benchmarks.toy_ecosystem import models
 
     plan = models.TrainingPlan(base_steps=2, member_steps=(("position", 1), ("colour", 1), ("shape", 2)), batch_size=4)
+    experts = models.ExpertPlan(steps=((models.HIGH_NOISE, 2), (models.LOW_NOISE, 1)))
     monkeypatch.setenv("COMFYUI_AMDM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
 
-    def weights(ecosystem) -> dict:
-        return {name: model.model.diffusion_model.state_dict()
-                for name, model in {"base": ecosystem.base, **ecosystem.members}.items()}
-
-    first = weights(models.load_ecosystem(7, retrain=True, plan=plan))
+    first = model_weights(models.load_ecosystem(7, retrain=True, plan=plan, experts=experts))
     cached = models.cache_root()
     for path in cached.rglob("*.safetensors"):
         path.unlink()
-    retrained = models.load_ecosystem(7, retrain=True, plan=plan)
+    retrained = models.load_ecosystem(7, retrain=True, plan=plan, experts=experts)
     shipped_to = models.ship_weights(retrained)
-    shipped = weights(models.load_ecosystem(7, plan=plan))
-    for name, state in weights(retrained).items():
-        for key, value in state.items():
-            assert torch.equal(value, first[name][key]), (name, key)
-            assert torch.equal(value, shipped[name][key]), (name, key)
-    assert any(not torch.equal(value, first["base"][key]) for key, value in first["shape"].items())
+    assert_same_weights(model_weights(retrained), first)
+    assert_same_weights(model_weights(models.load_ecosystem(7, plan=plan, experts=experts)), first)
+    for name in ("shape", *models.EXPERTS):
+        assert any(not torch.equal(value, first["base"][key]) for key, value in first[name].items()), name
     with pytest.raises(RuntimeError, match="another training plan.*--retrain"):
         models.load_ecosystem(7)
     with pytest.raises(RuntimeError, match="no shipped weights for toy ecosystem 8"):
         models.load_ecosystem(8)
     assert sorted(path.name for path in shipped_to.iterdir()) == sorted(
-        f"{name}.safetensors" for name in ("base", *models.MEMBER_ASPECTS))
+        f"{name}.safetensors" for name in models.MODEL_NAMES)
+
+
+def test_expert_training_is_deterministic_from_the_shipped_base(pack, tmp_path, monkeypatch) -> None:
+    """--retrain-experts: two trainings of a few steps from one shipped base give identical
+    experts, which start from that base (the shipped float16 weights) and leave the
+    shipped base and members as they are."""
+    from benchmarks.toy_ecosystem import models
+
+    experts = models.ExpertPlan(steps=((models.HIGH_NOISE, 3), (models.LOW_NOISE, 2)))
+    monkeypatch.setenv("COMFYUI_AMDM_CACHE", str(tmp_path / "cache"))
+    trained = [model_weights(models.load_ecosystem(2, experts=experts, retrain_experts=True))]
+    for path in models.cache_root().rglob("*.safetensors"):
+        path.unlink()
+    trained.append(model_weights(models.load_ecosystem(2, experts=experts, retrain_experts=True)))
+    assert_same_weights(*trained)
+    shipped = model_weights(models.load_ecosystem(2))
+    for name in ("base", *models.MEMBER_ASPECTS):
+        assert_same_weights({name: trained[0][name]}, {name: shipped[name]})
+    for name in models.EXPERTS:
+        assert any(not torch.equal(value, shipped[name][key]) for key, value in trained[0][name].items()), name
+        # a few steps at a small learning rate stay near their start: the shipped base
+        change = max((value - shipped["base"][key]).abs().max().item() for key, value in trained[0][name].items())
+        assert 0 < change < 0.05, name
+
+
+def test_experts_split_the_noise_levels_where_wan_splits_them(pack) -> None:
+    """The boundary: noise 7 times the signal (Wan 2.2's sigma 0.875 on unit-variance
+    latents) for the toy's clean latents; the experts' training timesteps split there; at
+    20 normal steps the pack's member ranges give the high-noise expert steps 0 to 7."""
+    from benchmarks.toy_ecosystem import methods, models, rows
+
+    model_sampling = models.toy_model_sampling()
+    experts = models.ExpertPlan()
+    data_rms = task.render_all(task.all_requests()).square().mean().sqrt().item()
+    boundary_sigma = model_sampling.percent_to_sigma(experts.boundary_percent)
+    assert boundary_sigma == pytest.approx(0.875 / 0.125 * data_rms, rel=0.01)
+    timesteps = models.expert_timesteps(model_sampling, experts)
+    high, low = timesteps[models.HIGH_NOISE], timesteps[models.LOW_NOISE]
+    assert low.start == 0 and low.stop == high.start and high.stop == len(model_sampling.sigmas)
+    assert model_sampling.sigmas[high.start] > boundary_sigma >= model_sampling.sigmas[low.stop - 1]
+    assert rows.expert_steps(0.0) == (range(0, 8), range(8, 20))
+    assert rows.expert_steps(0.2) == (range(0, 10), range(6, 20))
+    assert rows.boundary_step(methods.SamplingSettings(steps=12)) == 5
 
 
 def test_the_shipped_ecosystems_are_a_few_megabytes_each(pack) -> None:
@@ -153,8 +205,8 @@ def test_the_shipped_ecosystems_are_a_few_megabytes_each(pack) -> None:
 
     for seed in (*toy_ecosystem.DEVELOPMENT_SEEDS, *toy_ecosystem.REPORT_SEEDS):
         files = list(models.shipped_dir(seed).glob("*.safetensors"))
-        assert len(files) == 1 + len(models.MEMBER_ASPECTS), seed
-        assert sum(path.stat().st_size for path in files) < 4e6, seed
+        assert len(files) == len(models.MODEL_NAMES), seed
+        assert sum(path.stat().st_size for path in files) < 6e6, seed
 
 
 @pytest.fixture(scope="module")
@@ -176,15 +228,22 @@ def short_study(pack):
               rows.amdm_row("AMDM window", replace(full, end_percent=0.6)),
               rows.amdm_row("AMDM preset", rows.BUDGET_PRESET)]
     two = [rows.alone_row("colour"), *rows.two_member_rows(rows.BUDGET_PRESET)[4:5]]
+    overlap = rows.Handoff(0.2, "ranges", "slerp", "independent")
+    handoff = [rows.expert_handoff_row("baseline", rows.Handoff(0.0, "chain")),
+               rows.expert_handoff_row("handoff", rows.Handoff(0.0, "ranges")),
+               rows.expert_handoff_row("handoff", overlap),
+               rows.expert_handoff_row("handoff", replace(overlap, noise_mode="shared"))]
     config = study.StudyConfig(requests=REQUESTS, seeds=1)
     try:
         ecosystems = [models.load_ecosystem(seed) for seed in ECOSYSTEMS]
         tables = study.run_tables({"three": study.Table(three, ecosystems, task.ASPECTS),
-                                   "two": study.Table(two, ecosystems, rows.PAIR)}, config)
+                                   "two": study.Table(two, ecosystems, rows.PAIR),
+                                   "handoff": study.Table(handoff, ecosystems, task.ASPECTS)}, config)
     finally:
         torch.set_num_threads(threads)
         comfy.utils.set_progress_bar_enabled(progress_bar)
-    outcome = run.Outcome(tables["three"], tables["two"], study.Presets(rows.BUDGET_PRESET, None), ECOSYSTEMS)
+    outcome = run.Outcome(tables["three"], tables["two"], study.Presets(rows.BUDGET_PRESET, None), ECOSYSTEMS,
+                          tables["handoff"], overlap)
     return ecosystems, config, outcome
 
 
@@ -242,6 +301,29 @@ def test_model_evaluations_are_counted_per_row(short_study) -> None:
             assert torch.isfinite(measurement.latents).all(), summary.row.name
 
 
+def test_expert_hard_switch_through_member_ranges_is_the_ksampleradvanced_chain(short_study) -> None:
+    """Two ModelStack members with ranges touching at the boundary (AMDMExpertBoundary,
+    overlap 0) give the latents of the two-stage KSamplerAdvanced chain bit for bit, at its
+    evaluations; an overlap of 0.2 runs both experts at its 4 steps, and adds their 4 x 2
+    evaluations, and moves the latents."""
+    from benchmarks.toy_ecosystem import run
+
+    _, _, outcome = short_study
+    summaries = outcome.handoff
+    chain, switch = run.hard_switches(summaries)
+    assert chain.row.name != switch.row.name
+    assert switch.evaluations_per_image == chain.evaluations_per_image == 2 * 20
+    for a, b in zip(chain.measurements, switch.measurements):
+        assert torch.equal(a.latents, b.latents)
+    run.check_hard_switch(summaries, ECOSYSTEMS)
+    independent, shared = summaries[2:]
+    assert independent.evaluations_per_image == shared.evaluations_per_image == 2 * (20 + 4)
+    for a, b, c in zip(switch.measurements, independent.measurements, shared.measurements):
+        assert not torch.allclose(a.latents, b.latents, atol=1e-3)
+        # only the high-noise expert starts from noise: the noise mode changes nothing
+        assert torch.equal(b.latents, c.latents)
+
+
 def test_counter_agrees_with_unet_forward_calls(short_study) -> None:
     """Cross-check of the wrapper count against a forward hook on the UNet itself."""
     from benchmarks.toy_ecosystem.methods import (AMDMSettings, Batch, EvaluationCounter, SamplingSettings,
@@ -274,6 +356,7 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
     paths = run.write_outputs(outcome, config, tmp_path, tmp_path)
     text = paths["markdown"].read_text()
     assert "| AMDM modes | AMDM " in text and "## What the numbers say" in text
+    assert "## Handoff between noise-level experts" in text
     result = json.loads(paths["json"].read_text())
     assert result["ecosystem_seeds"] == list(ECOSYSTEMS)
     rows = result["rows"] + result["two_member_rows"]
@@ -288,21 +371,30 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
     for name in ("frontier", "grid"):
         with Image.open(paths[name]) as image:
             assert image.width > 600 and image.height > 300, name
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{run.README_BEGIN}\nold table\n{run.README_END}\nafter\n")
-    run.update_readme(run.results_text(outcome, config, "###"), readme)
-    updated = readme.read_text()
+    page = tmp_path / "toy_ecosystem.md"
+    page.write_text(f"before\n{run.RESULTS_BEGIN}\nold table\n{run.RESULTS_END}\nafter\n")
+    run.replace_between(page, run.RESULTS_BEGIN, run.RESULTS_END, run.results_text(outcome, config, "###"))
+    updated = page.read_text()
     assert "old table" not in updated and updated.startswith("before\n") and updated.endswith("after\n")
     assert "### What the numbers say" in updated and "| AMDM modes | AMDM " in updated
+    handoff_rows = result["handoff"]["rows"]
+    assert result["handoff"]["boundary_step"] == 8 and result["handoff"]["hard_switch_equals_chain"]
+    assert result["handoff"]["images_per_ecosystem"] == REQUESTS * config.handoff_seeds
+    assert [row["evals_per_image"] for row in handoff_rows] == [40.0, 40.0, 48.0, 48.0]
+    assert all(len(row["joint"]["per_ecosystem"]) == len(ECOSYSTEMS) for row in handoff_rows)
+    handoff = run.handoff_text(outcome, config, "###")
+    assert "bit for bit" in handoff and "identical latents" in handoff
+    with Image.open(paths["handoff"]) as image:
+        assert image.width > 600 and image.height > 300
 
 
-def test_the_readme_shows_the_committed_results(pack) -> None:
-    """The README's tables are the main job's: every row of the committed JSON appears in
-    the README with its evaluations, joint accuracy and per-ecosystem values."""
+def test_the_results_page_shows_the_committed_results(pack) -> None:
+    """docs/toy_ecosystem.md's tables are the main job's: every row of the committed JSON
+    appears there with its evaluations, joint accuracy and per-ecosystem values."""
     from benchmarks.toy_ecosystem import run
 
-    readme = (comfy_env.REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index(run.README_BEGIN):readme.index(run.README_END)]
+    page = run.RESULTS_PAGE.read_text(encoding="utf-8")
+    block = page[page.index(run.RESULTS_BEGIN):page.index(run.RESULTS_END)]
     result = json.loads((comfy_env.REPO_ROOT / "benchmarks" / "results" / "toy_ecosystem.json").read_text())
     rows = result["rows"] + result["two_member_rows"]
     lines = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
@@ -313,3 +405,21 @@ def test_the_readme_shows_the_committed_results(pack) -> None:
                                f"{row['evals_per_image']:.0f} |"), line
         assert f"**{joint['mean']:.2f}**" in line, line
         assert " / ".join(f"{value:.2f}" for value in joint["per_ecosystem"]) in line, line
+
+
+def test_the_handoff_page_shows_the_committed_results(pack) -> None:
+    """docs/handoff.md's tables are the main job's: every handoff row of the committed JSON
+    appears there with its evaluations, joint accuracy and per-ecosystem values."""
+    from benchmarks.toy_ecosystem import run
+
+    page = run.HANDOFF_PAGE.read_text(encoding="utf-8")
+    block = page[page.index(run.HANDOFF_BEGIN):page.index(run.HANDOFF_END)]
+    result = json.loads((comfy_env.REPO_ROOT / "benchmarks" / "results" / "toy_ecosystem.json").read_text())
+    rows = result["handoff"]["rows"]
+    lines = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        assert line.startswith(f"| {row['number']} | {row['group']} | {row['method']} | "
+                               f"{row['evals_per_image']:.0f} |"), line
+        assert f"**{row['joint']['mean']:.2f}**" in line, line
+        assert " / ".join(f"{value:.2f}" for value in row["joint"]["per_ecosystem"]) in line, line

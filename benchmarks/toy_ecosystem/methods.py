@@ -6,7 +6,8 @@ model wrapper.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -124,8 +125,9 @@ class ScoreSum:
     ConditioningCombine does not apply here: it sums prompts for one model, not models.
     Each member is evaluated through its own (counting) model_function_wrapper.
 
-    Two variants: the other members only at noise levels above ``sigma_floor`` (the first
-    steps, the target alone after them), and each other member's guidance taken against
+    Two variants: the other members only at noise levels in (``sigma_floor``,
+    ``sigma_ceiling``] (some steps, the target alone at the others), and each other
+    member's guidance taken against
     the target's unconditional prediction, D_m(c) - D_t(empty), which costs one evaluation
     per member instead of two (members fine-tuned from one base share an unconditional
     model only approximately)."""
@@ -134,6 +136,7 @@ class ScoreSum:
     others: list[comfy.model_patcher.ModelPatcher]
     empty_context: torch.Tensor = field(default_factory=task.empty_context)
     sigma_floor: float = 0.0
+    sigma_ceiling: float = math.inf
     target_unconditional: bool = False
 
     @staticmethod
@@ -147,7 +150,7 @@ class ScoreSum:
     def wrapper(self, apply_model: Callable, args: dict) -> torch.Tensor:
         # ComfyUI batches the cond and uncond rows as equal chunks, listed in cond_or_uncond.
         chunk_count = len(args["cond_or_uncond"])
-        if float(args["timestep"].max()) <= self.sigma_floor:
+        if not self.sigma_floor < float(args["timestep"].max()) <= self.sigma_ceiling:
             return self.evaluate(self.target, args)
         outputs = self.evaluate(self.target, args).chunk(chunk_count)
         if self.target_unconditional and 1 not in args["cond_or_uncond"]:
@@ -197,15 +200,17 @@ class AMDMSettings(Schedule):
 
 
 def sample_amdm(models: list[comfy.model_patcher.ModelPatcher], amdm: AMDMSettings, batch: Batch,
-                settings: SamplingSettings) -> Latent:
+                settings: SamplingSettings, ranges: list | None = None) -> Latent:
     """The pack's nodes, chained as in a workflow: ModelStack per member (member 1 first,
-    every weight 1), AggregationSchedule, AMDMSampler at ``amdm.steps`` steps."""
+    every weight 1; ``ranges``: each member's own StepRange, in ModelStack's range
+    inputs), AggregationSchedule, AMDMSampler at ``amdm.steps`` steps."""
     stack: tuple = ()
     for number, model in enumerate(models, start=1):
         cfg = settings.cfg * (1.0 if number == amdm.target_member else amdm.others_cfg_factor)
+        own = {} if ranges is None else asdict(ranges[number - 1])
         (stack,) = run_node("ModelStack", model=model, positive=batch.positive(),
                             negative=batch.negative(), cfg=cfg, weight=1.0, deviation=1.0,
-                            stack=stack, name="")
+                            stack=stack, name="", **own)
     (schedule,) = run_node("AggregationSchedule",
                            **{f.name: getattr(amdm, f.name) for f in fields(Schedule)})
     (latent,) = run_node("AMDMSampler", stack=stack, seed=batch.seed, steps=amdm.steps,

@@ -5,6 +5,10 @@ Every model is a comfy.model_base.BaseModel holding ComfyUI's openaimodel.UNetMo
 tiny config, v-prediction, SD1.x's discrete noise schedule), wrapped in a
 comfy.model_patcher.ModelPatcher: a MODEL like any loaded checkpoint.
 
+Each ecosystem also holds two noise-level experts, split as Wan 2.2 splits its high- and
+low-noise experts: both fine-tuned from the base on every aspect's labels, one on the noise
+levels above a boundary, the other on those below it (ExpertPlan).
+
 Several ecosystems are trained, one per seed. Training is deterministic on one machine
 but not across CPUs (their float kernels differ), so the trained weights ship with the
 repository (SHIPPED_DIR, float16) and are what the benchmark uses by default; retraining
@@ -34,6 +38,7 @@ import comfy.latent_formats  # noqa: E402  (ComfyUI is importable only after set
 import comfy.model_base  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
+import comfy.model_sampling  # noqa: E402
 import comfy.supported_models_base  # noqa: E402
 import comfy.utils  # noqa: E402
 
@@ -101,6 +106,35 @@ class TrainingPlan:
 # Member name -> the one aspect it is conditioned on. The order is the stack order.
 MEMBER_ASPECTS = {"position": "position", "colour": "colour", "shape": "shape"}
 BASE_NAME = "base"
+HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
+# In the order they sample: the high-noise expert first.
+EXPERTS = (HIGH_NOISE, LOW_NOISE)
+# Every model's training seed is plan.seed * 1000 + its index here.
+MODEL_NAMES = (BASE_NAME, *MEMBER_ASPECTS, *EXPERTS)
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    """The noise-level experts (hashed into their weights' key, with the base's plan).
+
+    Wan 2.2 hands over from its high-noise to its low-noise expert where the flow-matching
+    sigma crosses 0.875 (T2V): there the noise is 0.875 / 0.125 = 7 times the signal, for
+    latents of unit variance. The toy's clean latents have an RMS of 0.315, so the same
+    signal-to-noise ratio lies at sigma 7 x 0.315 = 2.20, which the toy's discrete schedule
+    reaches at progress 0.41 (percent_to_sigma(0.41) = 2.1999, timestep 590 of 1000). That
+    split gives the high-noise expert 8 of 20 normal steps, as Wan 2.2's boundary gives its
+    high-noise expert about half of the steps at the shift of ComfyUI's templates (8).
+    (Wan's 0.875 read as a fraction of the toy's timesteps would be progress 0.125: 3 of 20
+    steps, a boundary far earlier in the denoising than Wan's.) Each expert trains on its
+    side of the boundary only."""
+
+    boundary_percent: float = 0.41
+    # Fine-tuning steps per expert, comparable with the members' 300 to 1100: measured on
+    # ecosystem 1, the two experts that see every label sample every aspect right (joint
+    # 1.00) after 600 steps each, alone or handing over at the boundary; after 200 they
+    # had not learned the shape (0.33 to 0.60).
+    steps: tuple[tuple[str, int], ...] = ((HIGH_NOISE, 600), (LOW_NOISE, 600))
+    learning_rate: float = 3e-3
 
 
 # The trained weights in the repository: SHIPPED_DIR/ecosystem_<seed>/<model>.safetensors.
@@ -127,6 +161,11 @@ def _digest(description: dict) -> str:
 def plan_key(plan: TrainingPlan) -> str:
     """What the weights mean: the task, the network and the training plan."""
     return _digest(plan_description(plan))
+
+
+def expert_key(plan: TrainingPlan, experts: ExpertPlan) -> str:
+    """What the experts' weights mean: their base's plan and their own."""
+    return _digest({**plan_description(plan), "experts": asdict(experts)})
 
 
 def cache_key(plan: TrainingPlan) -> str:
@@ -161,107 +200,153 @@ def as_comfy_model(model: comfy.model_base.BaseModel) -> comfy.model_patcher.Mod
         offload_device=comfy.model_management.unet_offload_device())
 
 
-def training_labels(batch_size: int, visible_aspect: str | None, empty_rate: float,
+def training_labels(batch_size: int, visible_aspects: tuple[str, ...], empty_rate: float,
                     generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(labels of the rendered images, labels written into the context).
 
-    Only the visible aspect's token tells the truth; the other tokens carry independent
+    Only the visible aspects' tokens tell the truth; the other tokens carry independent
     random labels, so the model learns to ignore them and can be given the full request
-    at sampling time. A share of rows gets the empty context instead."""
+    at sampling time. A share of rows gets the empty context instead; with no visible
+    aspect (the unconditional base) every row does."""
     truth = {aspect: torch.randint(count, (batch_size,), generator=generator)
              for aspect, count in task.LABEL_COUNTS.items()}
-    shown = {aspect: truth[aspect] if aspect == visible_aspect
+    shown = {aspect: truth[aspect] if aspect in visible_aspects
              else torch.randint(task.LABEL_COUNTS[aspect], (batch_size,), generator=generator)
              for aspect in task.ASPECTS}
     empty = torch.rand(batch_size, generator=generator) < empty_rate
-    if visible_aspect is None:
+    if not visible_aspects:
         empty = torch.ones(batch_size, dtype=torch.bool)
     shown = {aspect: torch.where(empty, -1, labels) for aspect, labels in shown.items()}
     return truth, shown
 
 
-def v_prediction_loss(model: comfy.model_base.BaseModel, clean: torch.Tensor,
-                      context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The v-prediction objective at uniformly drawn discrete timesteps, through ComfyUI's
-    own BaseModel.apply_model (input scaling, timestep mapping, V_PREDICTION denoising).
+def v_prediction_loss(model: comfy.model_base.BaseModel, clean: torch.Tensor, context: torch.Tensor,
+                      generator: torch.Generator, timesteps: range) -> torch.Tensor:
+    """The v-prediction objective at discrete timesteps drawn uniformly from ``timesteps``,
+    through ComfyUI's own BaseModel.apply_model (input scaling, timestep mapping,
+    V_PREDICTION denoising).
 
     The network's output error is the denoised error times sqrt(sigma^2 + 1) / sigma
     (sigma_data = 1), so the mean squared output error is the denoised error weighted by
     (sigma^2 + 1) / sigma^2."""
-    sigmas = model.model_sampling.sigmas
-    sigma = sigmas[torch.randint(len(sigmas), (clean.shape[0],), generator=generator)]
+    drawn = timesteps.start + torch.randint(len(timesteps), (clean.shape[0],), generator=generator)
+    sigma = model.model_sampling.sigmas[drawn]
     noisy = clean + sigma[:, None, None, None] * torch.randn(clean.shape, generator=generator)
     denoised = model.apply_model(noisy, sigma, c_crossattn=context)
     weight = (sigma.square() + 1.0) / sigma.square()
     return ((denoised - clean).square().mean(dim=(1, 2, 3)) * weight).mean()
 
 
-def train(model: comfy.model_base.BaseModel, visible_aspect: str | None, steps: int,
-          learning_rate: float, plan: TrainingPlan, seed: int) -> None:
-    """Train in place; visible_aspect None trains the unconditional base."""
+def toy_model_sampling() -> comfy.model_sampling.ModelSamplingDiscrete:
+    """The toy models' noise schedule, as ComfyUI builds it for a BaseModel."""
+    config = ToyModelConfig(UNET_CONFIG)
+    return comfy.model_base.model_sampling(config, config.model_type({}))
+
+
+def expert_timesteps(model_sampling: comfy.model_sampling.ModelSamplingDiscrete,
+                     experts: ExpertPlan) -> dict[str, range]:
+    """Each expert's training timesteps: the high-noise expert's sigmas lie above the
+    boundary's, the low-noise expert's at or below it, so that at sampling time a step
+    whose progress lies before boundary_percent (the pack's window rule) is the
+    high-noise expert's."""
+    sigmas = model_sampling.sigmas  # increasing with the timestep
+    low = int((sigmas <= model_sampling.percent_to_sigma(experts.boundary_percent)).sum())
+    return {HIGH_NOISE: range(low, len(sigmas)), LOW_NOISE: range(0, low)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained: on which labels and timesteps, for how long."""
+
+    visible_aspects: tuple[str, ...]  # none: the unconditional base
+    timesteps: range
+    steps: int
+    learning_rate: float
+
+
+def train(model: comfy.model_base.BaseModel, recipe: Recipe, plan: TrainingPlan, seed: int) -> None:
+    """Train in place."""
+    visible, steps = recipe.visible_aspects, recipe.steps
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.diffusion_model.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.diffusion_model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     # Cosine decay to zero: the last steps average out the noise of small batches.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     model.train()
     started = time.monotonic()
     for step in range(steps):
-        truth, shown = training_labels(plan.batch_size, visible_aspect, plan.empty_context_rate, generator)
-        loss = v_prediction_loss(model, task.render_labels(truth), task.encode_labels(shown), generator)
+        truth, shown = training_labels(plan.batch_size, visible, plan.empty_context_rate, generator)
+        loss = v_prediction_loss(model, task.render_labels(truth), task.encode_labels(shown), generator,
+                                 recipe.timesteps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if (step + 1) % max(1, steps // 4) == 0:
-            logger.info("training %s: step %d/%d, loss %.4f (%.0f s)", visible_aspect or BASE_NAME,
+            logger.info("training on %s: step %d/%d, loss %.4f (%.0f s)", ", ".join(visible) or "no labels",
                         step + 1, steps, loss.item(), time.monotonic() - started)
     model.eval()
 
 
-def save_atomically(state_dict: dict[str, torch.Tensor], path: Path, plan: TrainingPlan) -> None:
+def save_atomically(state_dict: dict[str, torch.Tensor], path: Path, key: str) -> None:
     """Write to a temporary file in the same directory, then rename: a reader never sees
     a partial file, and concurrent writers of the same deterministic weights are harmless."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     comfy.utils.save_torch_file({k: v.contiguous() for k, v in state_dict.items()}, str(temporary),
-                                metadata={PLAN_METADATA_KEY: plan_key(plan)})
+                                metadata={PLAN_METADATA_KEY: key})
     os.replace(temporary, path)
 
 
-def load_weights(model: comfy.model_base.BaseModel, path: Path, plan: TrainingPlan) -> None:
-    """Load weights written for ``plan``, at float16 precision (see the module docstring)."""
+def load_weights(model: comfy.model_base.BaseModel, path: Path, key: str) -> None:
+    """Load weights written under ``key`` (plan_key or expert_key), at float16 precision
+    (see the module docstring)."""
     state_dict, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
     written_for = (metadata or {}).get(PLAN_METADATA_KEY)
-    if written_for != plan_key(plan):
+    if written_for != key:
         raise RuntimeError(f"{path} holds weights of another training plan ({written_for}, expected "
-                           f"{plan_key(plan)}): the task or the training changed since they were "
+                           f"{key}): the task or the training changed since they were "
                            f"made; run with --retrain (and --ship-weights to replace them)")
     model.diffusion_model.load_state_dict({k: v.half().float() for k, v in state_dict.items()})
 
 
-def load_or_train(name: str, plan: TrainingPlan, directory: Path,
+def recipe(name: str, plan: TrainingPlan, experts: ExpertPlan) -> Recipe:
+    model_sampling = toy_model_sampling()
+    every_timestep = range(len(model_sampling.sigmas))
+    if name == BASE_NAME:
+        return Recipe((), every_timestep, plan.base_steps, plan.base_learning_rate)
+    if name in MEMBER_ASPECTS:
+        return Recipe((MEMBER_ASPECTS[name],), every_timestep, dict(plan.member_steps)[name],
+                      plan.member_learning_rate)
+    return Recipe(task.ASPECTS, expert_timesteps(model_sampling, experts)[name], dict(experts.steps)[name],
+                  experts.learning_rate)
+
+
+def weights_key(name: str, plan: TrainingPlan, experts: ExpertPlan) -> str:
+    return expert_key(plan, experts) if name in EXPERTS else plan_key(plan)
+
+
+def load_or_train(name: str, plan: TrainingPlan, experts: ExpertPlan, directory: Path,
                   start_from: dict[str, torch.Tensor] | None) -> comfy.model_base.BaseModel:
     path = directory / f"{name}.safetensors"
+    key = weights_key(name, plan, experts)
     model = new_base_model()
     if path.is_file():
-        load_weights(model, path, plan)
+        load_weights(model, path, key)
         logger.info("loaded %s from %s", name, path)
         return model
-    visible_aspect = None if name == BASE_NAME else MEMBER_ASPECTS[name]
-    steps = plan.base_steps if start_from is None else dict(plan.member_steps)[name]
-    learning_rate = plan.base_learning_rate if start_from is None else plan.member_learning_rate
-    # Each model's own seed, so a missing member retrains to the same weights alone.
-    seed = plan.seed * 1000 + list((BASE_NAME, *MEMBER_ASPECTS)).index(name)
-    logger.info("training %s of ecosystem %d (%d steps) -> %s", name, plan.seed, steps, path)
+    training = recipe(name, plan, experts)
+    # Each model's own seed, so a missing one retrains to the same weights alone.
+    seed = plan.seed * 1000 + MODEL_NAMES.index(name)
+    logger.info("training %s of ecosystem %d (%d steps) -> %s", name, plan.seed, training.steps, path)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if start_from is None:
             initialise_weights(model.diffusion_model)
         else:
             model.diffusion_model.load_state_dict(start_from)
-        train(model, visible_aspect, steps, learning_rate, plan, seed)
-    save_atomically(model.diffusion_model.state_dict(), path, plan)
-    load_weights(model, path, plan)
+        train(model, training, plan, seed)
+    save_atomically(model.diffusion_model.state_dict(), path, key)
+    load_weights(model, path, key)
     return model
 
 
@@ -272,7 +357,9 @@ class Ecosystem:
     plan: TrainingPlan  # its seed is the ecosystem's
     base: comfy.model_patcher.ModelPatcher
     members: dict[str, comfy.model_patcher.ModelPatcher]
+    experts: dict[str, comfy.model_patcher.ModelPatcher]  # in EXPERTS order
     weights_dir: Path
+    expert_plan: ExpertPlan
 
     @property
     def seed(self) -> int:
@@ -283,38 +370,73 @@ def shipped_dir(seed: int) -> Path:
     return SHIPPED_DIR / f"ecosystem_{seed}"
 
 
-def load_ecosystem(seed: int, retrain: bool = False, plan: TrainingPlan = TrainingPlan()) -> Ecosystem:
-    """The ecosystem of ``seed``: the shipped weights, or with ``retrain`` the weights
-    trained on this machine (cached; whatever is missing is trained, deterministically:
-    the same plan gives the same weights on the same torch build and machine). Members
-    are fine-tuned from the base as trained (float32), not from its float16 copy."""
+def shipped_model(directory: Path, name: str, plan: TrainingPlan, experts: ExpertPlan) -> comfy.model_base.BaseModel:
+    model = new_base_model()
+    load_weights(model, directory / f"{name}.safetensors", weights_key(name, plan, experts))
+    return model
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def expert_cache_dir(base_weights: dict[str, torch.Tensor], plan: TrainingPlan, experts: ExpertPlan) -> Path:
+    """Where experts trained from these base weights are cached: the shipped base and a
+    base retrained elsewhere give other experts."""
+    key = {"base": weights_digest(base_weights), "experts": expert_key(plan, experts),
+           "torch": torch.__version__.split("+")[0]}
+    return cache_root() / "experts" / _digest(key)
+
+
+def load_ecosystem(seed: int, retrain: bool = False, plan: TrainingPlan = TrainingPlan(),
+                   experts: ExpertPlan = ExpertPlan(), retrain_experts: bool = False) -> Ecosystem:
+    """The ecosystem of ``seed``: the shipped weights; with ``retrain`` the weights trained
+    on this machine; with ``retrain_experts`` the shipped base and members, and experts
+    trained on this machine from that base. Trained weights are cached; whatever is missing
+    is trained, deterministically: the same plans give the same weights on the same torch
+    build and machine. The members are fine-tuned from the base as trained (float32); the
+    experts from the base as every row uses it (float16), so that shipped experts are
+    fine-tuned from the shipped base whichever machine trains them (a base retrained on
+    another CPU differs from the shipped one: up to 0.002 in a weight, measured)."""
     plan = replace(plan, seed=seed)
-    if not retrain:
+    if retrain:
+        directory = cache_root() / cache_key(plan)
+        models = {BASE_NAME: load_or_train(BASE_NAME, plan, experts, directory, start_from=None)}
+        base_weights = comfy.utils.load_torch_file(str(directory / f"{BASE_NAME}.safetensors"))
+        models.update({name: load_or_train(name, plan, experts, directory, start_from=base_weights)
+                       for name in MEMBER_ASPECTS})
+    else:
         directory = shipped_dir(seed)
         if not directory.is_dir():
             raise RuntimeError(f"no shipped weights for toy ecosystem {seed} in {directory}: "
                                f"run with --retrain")
-        models = {}
-        for name in (BASE_NAME, *MEMBER_ASPECTS):
-            models[name] = new_base_model()
-            load_weights(models[name], directory / f"{name}.safetensors", plan)
-        return Ecosystem(plan, as_comfy_model(models[BASE_NAME]),
-                         {name: as_comfy_model(models[name]) for name in MEMBER_ASPECTS}, directory)
-    directory = cache_root() / cache_key(plan)
-    base = load_or_train(BASE_NAME, plan, directory, start_from=None)
-    base_weights = comfy.utils.load_torch_file(str(directory / f"{BASE_NAME}.safetensors"))
-    members = {name: as_comfy_model(load_or_train(name, plan, directory, start_from=base_weights))
-               for name in MEMBER_ASPECTS}
-    return Ecosystem(plan, as_comfy_model(base), members, directory)
+        models = {name: shipped_model(directory, name, plan, experts) for name in (BASE_NAME, *MEMBER_ASPECTS)}
+    if retrain or retrain_experts:
+        start = models[BASE_NAME].diffusion_model.state_dict()
+        expert_directory = expert_cache_dir(start, plan, experts)
+        models.update({name: load_or_train(name, plan, experts, expert_directory, start_from=start)
+                       for name in EXPERTS})
+    else:
+        models.update({name: shipped_model(directory, name, plan, experts) for name in EXPERTS})
+    patchers = {name: as_comfy_model(model) for name, model in models.items()}
+    return Ecosystem(plan, patchers[BASE_NAME], {name: patchers[name] for name in MEMBER_ASPECTS},
+                     {name: patchers[name] for name in EXPERTS}, directory, experts)
 
 
-def ship_weights(ecosystem: Ecosystem) -> Path:
-    """Copy a retrained ecosystem into the repository, as float16 (what is used anyway)."""
+def ship_weights(ecosystem: Ecosystem, names: tuple[str, ...] = MODEL_NAMES) -> Path:
+    """Copy the named models of a retrained ecosystem into the repository, as float16
+    (what is used anyway)."""
     directory = shipped_dir(ecosystem.seed)
-    for name, model in {BASE_NAME: ecosystem.base, **ecosystem.members}.items():
-        state_dict = model.model.diffusion_model.state_dict()
+    models = {BASE_NAME: ecosystem.base, **ecosystem.members, **ecosystem.experts}
+    for name in names:
+        state_dict = models[name].model.diffusion_model.state_dict()
         save_atomically({k: v.half() for k, v in state_dict.items()}, directory / f"{name}.safetensors",
-                        ecosystem.plan)
+                        weights_key(name, ecosystem.plan, ecosystem.expert_plan))
     return directory
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -58,8 +58,13 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1) + "\n")
 
 
-# Display colours of the four channel patterns (task.COLOUR_NAMES order).
-PALETTE = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.3, 0.4, 1.0]])
+# Display colours of the four channel patterns (task.COLOUR_NAMES order), in 8-bit levels.
+PALETTE = torch.tensor([[255, 255, 255], [255, 51, 51], [51, 230, 51], [77, 102, 255]])
+# Latents are rounded to multiples of 1 / LATENT_QUANTUM (a power of two: the scaling is
+# exact) and rendered in integer arithmetic, so the pixels are a function of the rounded
+# latents alone: float sums taken in another order (other CPU kernels) cannot move a value
+# lying on a rounding boundary by one level.
+LATENT_QUANTUM = 2 ** 12
 FONT_SIZE = 13
 BACKGROUND = (40, 40, 40)
 TEXT = (230, 230, 230)
@@ -70,10 +75,14 @@ def font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont:
 
 
 def latent_to_rgb(latents: torch.Tensor) -> torch.Tensor:
-    """[B, GRID, GRID, 3] in [0, 1]: each channel pattern maps to its palette colour
-    (the patterns are orthogonal with squared norm 4, so x @ COLOURS.T / 4 reads them out)."""
-    weights = torch.einsum("bchw,kc->bhwk", latents.float(), task.COLOURS) / task.CHANNELS
-    return (weights @ PALETTE).clamp(0.0, 1.0)
+    """[B, GRID, GRID, 3] 8-bit levels: each channel pattern maps to its palette colour (the
+    patterns are orthogonal with squared norm CHANNELS, so x @ COLOURS.T / CHANNELS reads
+    them out), computed exactly in integers from the latents rounded to 1 / LATENT_QUANTUM."""
+    fixed = (latents.float() * LATENT_QUANTUM).round().long()
+    pattern_weights = (fixed[:, None] * task.COLOURS.long()[None, :, :, None, None]).sum(dim=2)
+    scaled = (pattern_weights[..., None] * PALETTE[None, :, None, None, :]).sum(dim=1)
+    divisor = task.CHANNELS * LATENT_QUANTUM
+    return torch.div(scaled + divisor // 2, divisor, rounding_mode="floor").clamp(0, 255).to(torch.uint8)
 
 
 def wrap(text: str, width: int, face: ImageFont.FreeTypeFont) -> list[str]:
@@ -102,7 +111,7 @@ def sample_grid(rows: list[tuple[str, torch.Tensor]], path: Path, pixel: int = 6
     for (_, latents), lines, height in zip(rows, labels, heights):
         for index, line in enumerate(lines):
             draw.text((4, top + 2 + index * line_height), line, fill=TEXT, font=face)
-        rgb = (latent_to_rgb(latents[:columns]) * 255).round().to(torch.uint8).numpy()
+        rgb = latent_to_rgb(latents[:columns]).numpy()
         for column in range(columns):
             picture = Image.fromarray(rgb[column]).resize((tile, tile), Image.NEAREST)
             image.paste(picture, (label_width + column * (tile + 2) + 1, top + 1))
@@ -121,16 +130,61 @@ FAMILIES = (
     ("AMDM, averaged guidance", (60, 110, 220), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "averaged"),
     ("AMDM, full guidance", (30, 160, 80), lambda s: s.row.amdm is not None and s.row.amdm.guidance == "full"),
 )
+
+
+def _handoff(combine: str, guidance: str | None = None) -> Callable:
+    """Overlap rows of the handoff table combined so (and with this guidance, if given)."""
+    def member(summary: RowSummary) -> bool:
+        handoff = summary.row.handoff
+        return handoff is not None and handoff.overlap > 0 and handoff.combine == combine and \
+            guidance in (None, handoff.guidance)
+    return member
+
+
+HANDOFF_FAMILIES = (
+    ("expert alone / base", (150, 150, 150), lambda s: s.row.group in ("expert alone", "reference")),
+    ("hard switch", (230, 150, 40), lambda s: s.row.handoff is not None and s.row.handoff.overlap == 0),
+    ("score sum over the overlap", (20, 20, 20), _handoff("score sum")),
+    ("overlap, full guidance", (30, 160, 80), _handoff("ranges", "full")),
+    ("overlap, averaged guidance", (60, 110, 220), _handoff("ranges", "averaged")),
+)
+FRONTIER_NOTE = ("numbers: rows of the table in docs/toy_ecosystem.md; bars: one standard error over the ecosystems; "
+                 "overlapping rows of equal cost are spread sideways; line: the window sweep around the "
+                 "budget preset")
 PRESET_COLOUR = (210, 40, 40)
 JITTER = 7  # pixels between overlapping rows of equal cost in the plot
-OVERLAP = 0.03  # joint accuracies closer than this at one cost would hide each other
+OVERLAP = 0.03  # values closer than this at one cost would hide each other
 
 
-def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep: Sequence[RowSummary] = (),
-                  first_number: int = 1, size: tuple[int, int] = (980, 640)) -> None:
+def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str,
+                  lines: Sequence[Sequence[RowSummary]] = ()) -> None:
+    """docs/toy_ecosystem.md's chart (see frontier_chart), saved to ``path``."""
+    image = frontier_chart(summaries, title, lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def save_side_by_side(images: Sequence[Image.Image], path: Path) -> None:
+    """Images next to each other, in one file."""
+    joined = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), (255, 255, 255))
+    left = 0
+    for image in images:
+        joined.paste(image, (left, 0))
+        left += image.width
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joined.save(path)
+
+
+def frontier_chart(summaries: Sequence[RowSummary], title: str, lines: Sequence[Sequence[RowSummary]] = (),
+                   first_number: int = 1, size: tuple[int, int] = (980, 640), families: Sequence = FAMILIES,
+                   note: str = FRONTIER_NOTE, preset_group: str = "AMDM preset",
+                   metric: tuple[str, str] = ("joint", "joint accuracy"), x_from: int = 0) -> Image.Image:
     """Joint accuracy (mean over ecosystems, bars: one standard error) against model
-    evaluations per image; points numbered as in the table; the rows of ``sweep`` (a
-    window sweep) joined by a line."""
+    evaluations per image; points numbered as in the table, coloured by the first of
+    ``families`` they belong to (rows of ``preset_group``: red); the rows of each of
+    ``lines`` (a sweep of one setting) joined by a line. ``metric``: the y axis (a metric
+    in [0, 1], its label); the x axis starts at ``x_from`` evaluations."""
+    key, label = metric
     width, height = size
     left, right, top, bottom = 70, 250, 50, 60
     x_max = 10 * (int(max(s.evaluations_per_image for s in summaries)) // 10 + 2)
@@ -139,20 +193,21 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
     face, small = font(14), font(11)
 
     def to_pixel(x: float, y: float) -> tuple[float, float]:
-        return (left + x / x_max * (width - left - right), height - bottom - y * (height - top - bottom))
+        return (left + (x - x_from) / (x_max - x_from) * (width - left - right),
+                height - bottom - y * (height - top - bottom))
 
     for tick in range(0, 11):
         _, y = to_pixel(0, tick / 10)
         draw.line([(left, y), (width - right, y)], fill=(235, 235, 235))
         draw.text((left - 8, y), f"{tick / 10:.1f}", fill=(0, 0, 0), font=small, anchor="rm")
-    for tick in range(0, x_max + 1, 20):
+    for tick in range(x_from, x_max + 1, 20 if x_max - x_from > 60 else 5):
         x, _ = to_pixel(tick, 0)
         draw.line([(x, top), (x, height - bottom)], fill=(235, 235, 235))
         draw.text((x, height - bottom + 8), str(tick), fill=(0, 0, 0), font=small, anchor="mt")
-    draw.rectangle([to_pixel(0, 1), to_pixel(x_max, 0)], outline=(0, 0, 0))
+    draw.rectangle([to_pixel(x_from, 1), to_pixel(x_max, 0)], outline=(0, 0, 0))
     draw.text(((left + width - right) / 2, height - 22), "model evaluations per image", fill=(0, 0, 0),
               font=face, anchor="mm")
-    draw.text((left, top - 6), "joint accuracy", fill=(0, 0, 0), font=face, anchor="ls")
+    draw.text((left, top - 6), label, fill=(0, 0, 0), font=face, anchor="ls")
     draw.text((left, 4), title, fill=(0, 0, 0), font=face)
 
     numbered = list(enumerate(summaries, start=first_number))
@@ -161,11 +216,11 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
     offsets: dict[int, float] = {}
     for cost in {s.evaluations_per_image for _, s in numbered}:
         same = sorted((n for n, s in numbered if s.evaluations_per_image == cost),
-                      key=lambda n: summaries[n - first_number].joint.mean)
+                      key=lambda n: summaries[n - first_number].metrics[key].mean)
         clusters: list[list[int]] = []
         for number in same:
-            mean = summaries[number - first_number].joint.mean
-            if clusters and mean - summaries[clusters[-1][-1] - first_number].joint.mean < OVERLAP:
+            mean = summaries[number - first_number].metrics[key].mean
+            if clusters and mean - summaries[clusters[-1][-1] - first_number].metrics[key].mean < OVERLAP:
                 clusters[-1].append(number)
             else:
                 clusters.append([number])
@@ -174,19 +229,20 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
                 offsets[number] = (index - (len(cluster) - 1) / 2) * JITTER
 
     def place(number: int, summary: RowSummary) -> tuple[float, float]:
-        x, y = to_pixel(summary.evaluations_per_image, summary.joint.mean)
+        x, y = to_pixel(summary.evaluations_per_image, summary.metrics[key].mean)
         return x + offsets[number], y
 
-    line = sorted(((n, s) for n, s in numbered if any(s is member for member in sweep)),
-                  key=lambda n_s: n_s[1].evaluations_per_image)
-    if len(line) > 1:
-        draw.line([place(n, s) for n, s in line], fill=(120, 120, 120), width=2)
+    for sweep in lines:
+        line = sorted(((n, s) for n, s in numbered if any(s is member for member in sweep)),
+                      key=lambda n_s: n_s[1].evaluations_per_image)
+        if len(line) > 1:
+            draw.line([place(n, s) for n, s in line], fill=(120, 120, 120), width=2)
     for number, summary in numbered:
-        colour = next((c for _, c, member in FAMILIES if member(summary)), (0, 0, 0))
-        if summary.row.group == "AMDM preset":
+        colour = next((c for _, c, member in families if member(summary)), (0, 0, 0))
+        if summary.row.group == preset_group:
             colour = PRESET_COLOUR
         x, y = place(number, summary)
-        error = summary.joint.standard_error * (height - top - bottom)
+        error = summary.metrics[key].standard_error * (height - top - bottom)
         draw.line([(x, y - error), (x, y + error)], fill=colour, width=2)
         draw.line([(x - 4, y - error), (x + 4, y - error)], fill=colour)
         draw.line([(x - 4, y + error), (x + 4, y + error)], fill=colour)
@@ -194,15 +250,11 @@ def frontier_plot(summaries: Sequence[RowSummary], path: Path, title: str, sweep
         draw.text((x + 7, y - 2), str(number), fill=colour, font=small, anchor="lm")
 
     legend_x, legend_y = width - right + 16, top + 4
-    entries = [(name, colour) for name, colour, _ in FAMILIES] + [("AMDM preset", PRESET_COLOUR)]
+    entries = [(name, colour) for name, colour, _ in families] + [(preset_group, PRESET_COLOUR)]
     for index, (name, colour) in enumerate(entries):
         y = legend_y + index * 22
         draw.ellipse([legend_x, y + 3, legend_x + 10, y + 13], fill=colour)
         draw.text((legend_x + 16, y + 8), name, fill=(0, 0, 0), font=small, anchor="lm")
-    note = ("numbers: rows of the README table; bars: one standard error over the ecosystems; "
-            "overlapping rows of equal cost are spread sideways; line: the window sweep around the "
-            "budget preset")
     for index, line in enumerate(wrap(note, right - 24, small)):
         draw.text((legend_x, legend_y + len(entries) * 22 + 12 + index * 14), line, fill=(90, 90, 90), font=small)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    return image

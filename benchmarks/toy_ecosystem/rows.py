@@ -10,18 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import comfy.model_patcher
 import comfy.samplers
 import torch
 
-from .methods import (AMDMSettings, Batch, EvaluationCounter, SamplingSettings, ScoreSum, merged_model,
-                      model_list, sample_alone, sample_amdm, sample_handoff)
-from .models import MEMBER_ASPECTS, Ecosystem
+from .methods import (PACK, AMDMSettings, Batch, EvaluationCounter, SamplingSettings, ScoreSum, merged_model,
+                      model_list, run_node, sample_alone, sample_amdm, sample_handoff)
+from .models import EXPERTS, HIGH_NOISE, LOW_NOISE, MEMBER_ASPECTS, Ecosystem, ExpertPlan, toy_model_sampling
 
 Sampler = Callable[[Batch], torch.Tensor]
 Builder = Callable[[Ecosystem, EvaluationCounter], Sampler]
 
 # The three-member ecosystem, in stack order, and the member that finishes alone: the one
-# whose aspect settles last (measured: shape; see the README).
+# whose aspect settles last (measured: shape; see docs/toy_ecosystem.md).
 MEMBERS: tuple[str, ...] = tuple(MEMBER_ASPECTS)
 TARGET = "shape"
 # The paper's case: two members, a layout model aggregated into an attribute model.
@@ -42,12 +43,29 @@ SCORE_SUM = "score sum (every member every step)"
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """How the high-noise expert hands over to the low-noise expert around their boundary:
+    both are active on an overlap of ``overlap`` (timestep percent, centred on the
+    boundary, as AMDMExpertBoundary computes it; 0: a hard switch), each alone on its side
+    outside it. ``combine``: 'chain', ComfyUI's KSamplerAdvanced nodes (a hard switch
+    only); 'ranges', the pack's member ranges, aggregating in the overlap with these
+    settings; 'score sum', both experts' guidance summed in the overlap."""
+
+    overlap: float
+    combine: str
+    aggregation: str = "slerp"
+    noise_mode: str = "independent"
+    guidance: str = "full"
+
+
+@dataclass(frozen=True)
 class Row:
     group: str
     name: str
     members: tuple[str, ...]  # the members it combines; scored on their aspects
     build: Builder
     amdm: AMDMSettings | None = None
+    handoff: Handoff | None = None
 
 
 def alone_row(name: str, settings: SamplingSettings = SETTINGS) -> Row:
@@ -92,6 +110,18 @@ def score_sum_name(members: tuple[str, ...], steps: int) -> str:
     return name if steps == SETTINGS.steps else f"{name}, {steps} steps"
 
 
+def step_sigmas(model: comfy.model_patcher.ModelPatcher, settings: SamplingSettings) -> torch.Tensor:
+    """The S + 1 sigmas of the sampler's S steps, as KSampler computes them."""
+    return comfy.samplers.KSampler(model, steps=settings.steps, device="cpu", sampler=settings.sampler_name,
+                                   scheduler=settings.scheduler).sigmas
+
+
+def sigma_between(sigmas: torch.Tensor, step: int) -> float:
+    """A sigma between those of step - 1 and step: ScoreSum's band edge that puts ``step``
+    on the low side of it."""
+    return float(sigmas[step] + sigmas[step - 1]) / 2
+
+
 def relative_sum_row(window_steps: int, settings: SamplingSettings = SETTINGS) -> Row:
     """The other members' guidance against the target's unconditional prediction, added to
     the target's during its first window_steps steps: what AMDM with full guidance, linear
@@ -99,12 +129,10 @@ def relative_sum_row(window_steps: int, settings: SamplingSettings = SETTINGS) -
     member and step instead of two. Not an option of the pack: a measurement of that idea."""
     def build(ecosystem: Ecosystem, counter: EvaluationCounter) -> Sampler:
         target = ecosystem.members[TARGET]
-        sigmas = comfy.samplers.KSampler(target, steps=settings.steps, device="cpu", sampler=settings.sampler_name,
-                                         scheduler=settings.scheduler).sigmas
+        sigmas = step_sigmas(target, settings)
         others = [name for name in MEMBERS if name != TARGET]
         model = ScoreSum(counter.counted(target), model_list(ecosystem, others, counter),
-                         sigma_floor=float(sigmas[window_steps] + sigmas[window_steps - 1]) / 2,
-                         target_unconditional=True).model()
+                         sigma_floor=sigma_between(sigmas, window_steps), target_unconditional=True).model()
         return lambda batch: sample_alone(model, batch, settings)
     return Row("guidance sum (idea)", f"guidance sum against the target's unconditional, first {window_steps} "
                                       f"of {settings.steps} steps", MEMBERS, build)
@@ -230,3 +258,123 @@ def two_member_rows(budget: AMDMSettings) -> list[Row]:
 def idea_rows() -> list[Row]:
     """Measured by --full only: ideas that are not options of the pack."""
     return [relative_sum_row(steps) for steps in (8, 12, 16)]
+
+
+# The noise-level experts (models.EXPERTS): the high-noise expert samples the steps before
+# the boundary (ExpertPlan.boundary_percent), the low-noise expert the rest, as Wan 2.2's
+# two experts do.
+EXPERT_LABELS = {HIGH_NOISE: "high-noise expert", LOW_NOISE: "low-noise expert"}
+EXPERT_BOUNDARY = ExpertPlan().boundary_percent
+# Overlap widths in timestep percent: at 20 normal steps (a step is 1/19 of progress) they
+# are 2, 4 and 8 steps, 1, 2 and 4 on each side of the boundary.
+OVERLAPS = (0.1, 0.2, 0.4)
+# How the overlap aggregates: every aggregation that keeps the noise level, with both
+# guidance modes ('full' divides each expert's cfg by its share, so that the merge sums
+# both experts' guidance; 'averaged' keeps each expert's cfg, so that it averages them).
+# The main job runs the first two (the pack's default aggregation); --full all.
+OVERLAP_SETTINGS = tuple((aggregation, noise, guidance) for aggregation, noise in reversed(NORM_SAFE)
+                         for guidance in ("full", "averaged"))
+MAIN_OVERLAP_SETTINGS = OVERLAP_SETTINGS[:2]
+# The score sum over the overlap: the main job runs the middle width.
+MAIN_SCORE_SUM_OVERLAP = 0.2
+
+
+def expert_steps(overlap: float, settings: SamplingSettings = SETTINGS) -> tuple[range, range]:
+    """(the high-noise expert's steps, the low-noise expert's) by the pack's rule, for the
+    ranges AMDMExpertBoundary gives."""
+    model_sampling = toy_model_sampling()
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, settings.scheduler, settings.steps).tolist()
+    core = PACK.amdm_core
+    first_end, second_start = core.handoff_bounds(EXPERT_BOUNDARY, overlap)
+    return (core.steps_in(sigmas, model_sampling.percent_to_sigma, core.StepRange(end_percent=first_end)),
+            core.steps_in(sigmas, model_sampling.percent_to_sigma, core.StepRange(start_percent=second_start)))
+
+
+def overlap_steps(overlap: float, settings: SamplingSettings = SETTINGS) -> range:
+    high, low = expert_steps(overlap, settings)
+    return range(low.start, high.stop)
+
+
+def boundary_step(settings: SamplingSettings = SETTINGS) -> int:
+    """The low-noise expert's first step at a hard switch."""
+    return expert_steps(0.0, settings)[1].start
+
+
+def describe_handoff(handoff: Handoff, settings: SamplingSettings = SETTINGS) -> str:
+    if handoff.overlap == 0.0:
+        where = f"hard switch at {EXPERT_BOUNDARY:g} (step {boundary_step(settings)})"
+    else:
+        steps = overlap_steps(handoff.overlap, settings)
+        where = f"overlap {handoff.overlap:g} (steps {steps.start}-{steps.stop - 1})"
+    how = {"chain": "KSamplerAdvanced chain", "score sum": "score sum of both experts' guidance",
+           "ranges": "the pack's member ranges" + ("" if handoff.overlap == 0.0 else
+                                                   f", {handoff.aggregation}, {handoff.noise_mode} noise, "
+                                                   f"{handoff.guidance} guidance")}[handoff.combine]
+    return f"{where}, {how}"
+
+
+def expert_alone_row(name: str, settings: SamplingSettings = SETTINGS) -> Row:
+    def build(ecosystem: Ecosystem, counter: EvaluationCounter) -> Sampler:
+        model = counter.counted(ecosystem.experts[name])
+        return lambda batch: sample_alone(model, batch, settings)
+    return Row("expert alone", f"{EXPERT_LABELS[name]} alone", (name,), build)
+
+
+def expert_handoff_row(group: str, handoff: Handoff, settings: SamplingSettings = SETTINGS) -> Row:
+    """One way of handing over (see Handoff), through ComfyUI's or the pack's nodes."""
+    boundary = boundary_step(settings)
+
+    def chain(ecosystem: Ecosystem, counter: EvaluationCounter) -> Sampler:
+        high, low = (counter.counted(ecosystem.experts[name]) for name in EXPERTS)
+        return lambda batch: sample_handoff([(high, boundary), (low, settings.steps)], batch, settings)
+
+    def score_sum(ecosystem: Ecosystem, counter: EvaluationCounter) -> Sampler:
+        # The expert whose side of the boundary a step is on gives the unconditional
+        # prediction and its guidance, the other adds its own guidance in the overlap.
+        high, low = (counter.counted(ecosystem.experts[name]) for name in EXPERTS)
+        steps = overlap_steps(handoff.overlap, settings)
+        sigmas = step_sigmas(high, settings)
+        before = ScoreSum(high, [low], sigma_ceiling=sigma_between(sigmas, steps.start)).model()
+        after = ScoreSum(low, [high], sigma_floor=sigma_between(sigmas, steps.stop)).model()
+        return lambda batch: sample_handoff([(before, boundary), (after, settings.steps)], batch, settings)
+
+    def ranges(ecosystem: Ecosystem, counter: EvaluationCounter) -> Sampler:
+        high, low = (counter.counted(ecosystem.experts[name]) for name in EXPERTS)
+        first_end, second_start = run_node("AMDMExpertBoundary", model=high, preset="custom",
+                                           boundary=EXPERT_BOUNDARY, unit="percent", overlap=handoff.overlap)
+        own = [PACK.amdm_core.StepRange(end_percent=first_end), PACK.amdm_core.StepRange(start_percent=second_start)]
+        amdm = AMDMSettings(aggregation=handoff.aggregation, noise_mode=handoff.noise_mode,
+                            guidance=handoff.guidance, target_member=2, steps=settings.steps)
+        return lambda batch: sample_amdm([high, low], amdm, batch, settings, own)
+
+    build = {"chain": chain, "score sum": score_sum, "ranges": ranges}[handoff.combine]
+    return Row(group, describe_handoff(handoff, settings), EXPERTS, build, handoff=handoff)
+
+
+def overlap_rows(overlap_settings: tuple[tuple[str, str, str], ...]) -> list[Row]:
+    return [expert_handoff_row("handoff", Handoff(overlap, "ranges", aggregation, noise, guidance))
+            for aggregation, noise, guidance in overlap_settings for overlap in OVERLAPS]
+
+
+def handoff_candidates() -> list[Row]:
+    """What the handoff preset is chosen from: the pack's hard switch, and every overlap
+    width with every aggregation that keeps the noise level and either guidance."""
+    return [expert_handoff_row("handoff", Handoff(0.0, "ranges")), *overlap_rows(OVERLAP_SETTINGS)]
+
+
+def handoff_rows(preset: Handoff, full: bool) -> list[Row]:
+    """The handoff table: the base and each expert alone, the hard switch through
+    ComfyUI's nodes and the pack's, the preset, the overlaps and the score sum over them
+    (with ``full``: every overlap setting and every width of the score sum)."""
+    rows = [alone_row("base"), *(expert_alone_row(name) for name in EXPERTS),
+            expert_handoff_row("baseline", Handoff(0.0, "chain")), expert_handoff_row("handoff preset", preset),
+            expert_handoff_row("handoff", Handoff(0.0, "ranges"))]
+    rows += overlap_rows(OVERLAP_SETTINGS if full else MAIN_OVERLAP_SETTINGS)
+    rows += [expert_handoff_row("baseline", Handoff(overlap, "score sum"))
+             for overlap in (OVERLAPS if full else (MAIN_SCORE_SUM_OVERLAP,))]
+    return _unique(rows)
+
+
+# The handoff chosen: what `--full` selects on the development ecosystems by
+# study.choose_handoff, recorded here like the presets above.
+HANDOFF_PRESET = Handoff(0.0, "ranges")

@@ -1,15 +1,20 @@
 """The whole job: load (or train) the ecosystems, choose the presets (with --full), run
-both tables, and write the markdown, the JSON, the frontier plot and the grid."""
+the tables (three members, two members, the noise-level experts' handoff), and write the
+markdown, the JSON, the frontier plots and the grid."""
 
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from . import DEVELOPMENT_SEEDS, REPORT_SEEDS, models, report, rows, study, task
 from .methods import AMDMSettings, Schedule
+from .rows import Handoff
 from .study import RowSummary
 
 logger = logging.getLogger(__name__)
@@ -17,10 +22,14 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
-README = REPO_ROOT / "README.md"
-# The README's copy of the tables lies between these lines; the main job rewrites it.
-README_BEGIN = "<!-- toy ecosystem results: written by python3 -m benchmarks.toy_ecosystem -->"
-README_END = "<!-- end of toy ecosystem results -->"
+RESULTS_PAGE = REPO_ROOT / "docs" / "toy_ecosystem.md"
+# The results page's copy of the tables lies between these lines; the main job rewrites it.
+RESULTS_BEGIN = "<!-- toy ecosystem results: written by python3 -m benchmarks.toy_ecosystem -->"
+RESULTS_END = "<!-- end of toy ecosystem results -->"
+# The handoff page's copy of its table, likewise.
+HANDOFF_PAGE = REPO_ROOT / "docs" / "handoff.md"
+HANDOFF_BEGIN = "<!-- toy handoff results: written by python3 -m benchmarks.toy_ecosystem -->"
+HANDOFF_END = "<!-- end of toy handoff results -->"
 GRID_COLUMNS = 12
 
 
@@ -30,28 +39,51 @@ class Outcome:
     two_members: list[RowSummary]
     presets: study.Presets
     report_seeds: tuple[int, ...]
+    handoff: list[RowSummary]
+    handoff_preset: Handoff
     selection: list[RowSummary] | None = None  # the candidates on the development ecosystems (--full)
     ideas: list[RowSummary] | None = None  # idea rows on the report ecosystems (--full)
+    handoff_selection: list[RowSummary] | None = None  # the handoff candidates, likewise (--full)
 
 
-def load(seeds: Sequence[int], retrain: bool, ship: bool) -> list[models.Ecosystem]:
-    ecosystems = [models.load_ecosystem(seed, retrain=retrain) for seed in seeds]
+def load(seeds: Sequence[int], retrain: bool, retrain_experts: bool, ship: bool) -> list[models.Ecosystem]:
+    ecosystems = [models.load_ecosystem(seed, retrain=retrain, retrain_experts=retrain_experts) for seed in seeds]
     if ship:
+        shipped = models.MODEL_NAMES if retrain else models.EXPERTS
         for ecosystem in ecosystems:
-            logger.info("shipped ecosystem %d to %s", ecosystem.seed, models.ship_weights(ecosystem))
+            logger.info("shipped ecosystem %d (%s) to %s", ecosystem.seed, ", ".join(shipped),
+                        models.ship_weights(ecosystem, shipped))
     return ecosystems
 
 
-def select(development: Sequence[models.Ecosystem], config: study.StudyConfig) -> tuple[study.Presets, list[RowSummary]]:
-    """Run the candidate grid on the development ecosystems and apply the rule."""
+@dataclass(frozen=True)
+class Selection:
+    """What --full chooses on the development ecosystems, and the candidates' rows."""
+
+    presets: study.Presets
+    handoff: Handoff
+    candidates: list[RowSummary]
+    handoff_candidates: list[RowSummary]
+
+
+def select(development: Sequence[models.Ecosystem], config: study.StudyConfig) -> Selection:
+    """Run both candidate grids on the development ecosystems and apply the rules."""
     candidates = [rows.score_sum_row(rows.MEMBERS, rows.TARGET)]
     candidates += [rows.amdm_row("AMDM candidate", settings) for settings in rows.candidate_settings()]
-    (summaries,) = study.run_tables({"selection": study.Table(candidates, development, task.ASPECTS)}, config).values()
+    results = study.run_tables({"presets": study.Table(candidates, development, task.ASPECTS),
+                                "handoff": study.Table(rows.handoff_candidates(), development, task.ASPECTS,
+                                                       config.handoff_seeds)},
+                               config)
+    summaries = results["presets"]
     presets = study.choose_presets(summaries[1:], summaries[0])
     if (presets.budget, presets.match) != (rows.BUDGET_PRESET, rows.MATCH_PRESET):
         logger.warning("the rule chose other presets than rows.py records (budget: %s; match: %s): "
                        "this run reports the chosen ones", describe(presets.budget), describe(presets.match))
-    return presets, summaries
+    handoff = study.choose_handoff(results["handoff"])
+    if handoff != rows.HANDOFF_PRESET:
+        logger.warning("the rule chose another handoff than rows.py records (%s): this run reports the chosen one",
+                       rows.describe_handoff(handoff))
+    return Selection(presets, handoff, summaries, results["handoff"])
 
 
 def describe(settings: AMDMSettings | None) -> str:
@@ -59,28 +91,52 @@ def describe(settings: AMDMSettings | None) -> str:
 
 
 def run_study(config: study.StudyConfig, report_seeds: Sequence[int] = REPORT_SEEDS, full: bool = False,
-              retrain: bool = False, ship: bool = False) -> Outcome:
+              retrain: bool = False, retrain_experts: bool = False, ship: bool = False) -> Outcome:
     """The main job; with ``full`` the presets are chosen first and the idea rows run too."""
-    selection = None
-    presets = study.Presets(rows.BUDGET_PRESET, rows.MATCH_PRESET)
-    if full:
-        presets, selection = select(load(DEVELOPMENT_SEEDS, retrain, ship), config)
-    ecosystems = load(report_seeds, retrain, ship)
+    selection = select(load(DEVELOPMENT_SEEDS, retrain, retrain_experts, ship), config) if full else None
+    presets = selection.presets if selection else study.Presets(rows.BUDGET_PRESET, rows.MATCH_PRESET)
+    handoff = selection.handoff if selection else rows.HANDOFF_PRESET
+    ecosystems = load(report_seeds, retrain, retrain_experts, ship)
     tables = {"three": study.Table(rows.three_member_rows(presets.budget, presets.match), ecosystems, task.ASPECTS),
-              "two": study.Table(rows.two_member_rows(presets.budget), ecosystems, rows.PAIR)}
+              "two": study.Table(rows.two_member_rows(presets.budget), ecosystems, rows.PAIR),
+              "handoff": study.Table(rows.handoff_rows(handoff, full), ecosystems, task.ASPECTS,
+                                     config.handoff_seeds)}
     if full:
         tables["ideas"] = study.Table(rows.idea_rows(), ecosystems, task.ASPECTS)
     results = study.run_tables(tables, config)
-    return Outcome(results["three"], results["two"], presets, tuple(report_seeds), selection, results.get("ideas"))
+    check_hard_switch(results["handoff"], report_seeds)
+    return Outcome(results["three"], results["two"], presets, tuple(report_seeds), results["handoff"], handoff,
+                   selection.candidates if selection else None, results.get("ideas"),
+                   selection.handoff_candidates if selection else None)
+
+
+def hard_switches(summaries: Sequence[RowSummary]) -> tuple[RowSummary, RowSummary]:
+    """(the KSamplerAdvanced chain, the pack's member ranges) of the handoff table."""
+    chain, ranges = (next(s for s in summaries if s.row.handoff == Handoff(0.0, combine))
+                     for combine in ("chain", "ranges"))
+    return chain, ranges
+
+
+def check_hard_switch(summaries: Sequence[RowSummary], seeds: Sequence[int]) -> None:
+    """The pack's hard switch must be the KSamplerAdvanced chain users wire, bit for bit and
+    at its evaluations, in every ecosystem (``seeds``, in the order of the measurements)."""
+    chain, ranges = hard_switches(summaries)
+    if ranges.evaluations_per_image != chain.evaluations_per_image:
+        raise RuntimeError(f"{ranges.row.name}: {ranges.evaluations_per_image} evaluations per image, the "
+                           f"KSamplerAdvanced chain {chain.evaluations_per_image}")
+    for seed, a, b in zip(seeds, chain.measurements, ranges.measurements):
+        if not torch.equal(a.latents, b.latents):
+            raise RuntimeError(f"{ranges.row.name} differs from the KSamplerAdvanced chain in ecosystem {seed} "
+                               f"(largest difference {(a.latents - b.latents).abs().max().item():.3g})")
 
 
 def _find(summaries: Sequence[RowSummary], amdm: AMDMSettings) -> RowSummary | None:
     return next((s for s in summaries if s.row.amdm == amdm), None)
 
 
-def _differences(a: RowSummary, b: RowSummary, metric: str = "joint") -> str:
+def _differences(a: RowSummary, b: RowSummary, metric: str = "joint", digits: int = 2) -> str:
     # round() then + 0.0: a difference that rounds to zero reads +0.00, never -0.00.
-    return ", ".join(f"{round(x - y, 2) + 0.0:+.2f}"
+    return ", ".join(f"{round(x - y, digits) + 0.0:+.{digits}f}"
                      for x, y in zip(a.metrics[metric].per_ecosystem, b.metrics[metric].per_ecosystem))
 
 
@@ -174,21 +230,85 @@ def results_text(outcome: Outcome, config: study.StudyConfig, heading: str) -> s
         f"{heading} What the numbers say", "\n".join(conclusions(outcome))])
 
 
-def update_readme(text: str, readme: Path = README) -> Path:
-    """Replace the README's copy of the results (between README_BEGIN and README_END)."""
-    old = readme.read_text(encoding="utf-8")
-    start, end = old.index(README_BEGIN) + len(README_BEGIN), old.index(README_END)
-    readme.write_text(f"{old[:start]}\n{text}\n{old[end:]}", encoding="utf-8")
-    return readme
+def handoff_setup_text(config: study.StudyConfig, outcome: Outcome) -> str:
+    settings, experts = rows.SETTINGS, models.ExpertPlan()
+    seeds = ", ".join(str(seed) for seed in outcome.report_seeds)
+    chosen = ", ".join(str(seed) for seed in DEVELOPMENT_SEEDS)
+    trained = ", ".join(f"{rows.EXPERT_LABELS[name]} {steps}" for name, steps in experts.steps)
+    sigma = models.toy_model_sampling().percent_to_sigma(experts.boundary_percent)
+    return (f"Toy ecosystems {seeds} (handoff preset chosen on ecosystem(s) {chosen}). Two noise-level experts "
+            f"fine-tuned from each ecosystem's base on every aspect's labels (steps: {trained}): the high-noise "
+            f"expert on the noise levels before progress {experts.boundary_percent:g} (sigma {sigma:.2f}), the "
+            f"low-noise expert on those after it. Per ecosystem and row: {config.requests} requests x "
+            f"{config.handoff_seeds} seed(s) = {config.handoff_images} images; "
+            f"{settings.sampler_name}/{settings.scheduler}, "
+            f"{settings.steps} steps, cfg {settings.cfg:g}: the high-noise expert's steps are 0 to "
+            f"{rows.boundary_step(settings) - 1}. Overlaps in timestep percent, centred on the boundary "
+            f"(AMDMExpertBoundary's overlap input): on the overlap both experts step and the pack aggregates them "
+            f"(target: the low-noise expert). Means over the ecosystems ± one standard error (standard deviation "
+            f"/ sqrt({len(outcome.report_seeds)})); realism: mean RMS distance to the nearest clean render.")
+
+
+def handoff_conclusions(summaries: Sequence[RowSummary], preset: Handoff) -> list[str]:
+    """What the handoff numbers say, against the hard switch, per ecosystem."""
+    chain, switch = hard_switches(summaries)
+    lines = [f"- Hard switch: the pack's member ranges gave the KSamplerAdvanced chain's latents bit for bit in "
+             f"every ecosystem, at its {chain.evaluations_per_image:.0f} evaluations per image: joint "
+             f"{switch.joint.mean:.2f} ± {switch.joint.standard_error:.2f} "
+             f"({' / '.join(f'{value:.2f}' for value in switch.joint.per_ecosystem)}), realism "
+             f"{switch.metrics['realism'].mean:.3f}."]
+    overlaps = [s for s in summaries if s.row.handoff is not None and s.row.handoff.overlap > 0]
+    for label, metric, compare in (("Joint accuracy above", "joint", operator.gt),
+                                   ("Joint accuracy below", "joint", operator.lt),
+                                   ("Realism better (closer to clean renders) than", "realism", operator.lt),
+                                   ("Realism worse than", "realism", operator.gt)):
+        names = [s.row.name for s in overlaps
+                 if all(compare(x, y) for x, y in zip(s.metrics[metric].per_ecosystem,
+                                                      switch.metrics[metric].per_ecosystem))]
+        lines.append(f"- {label} the hard switch's in every ecosystem: "
+                     + ("; ".join(names) if names else "none") + ".")
+    for summary in overlaps:
+        lines.append(f"- {summary.row.name}: "
+                     f"{summary.evaluations_per_image / switch.evaluations_per_image - 1:+.0%} evaluations; minus "
+                     f"the hard switch per ecosystem: joint {_differences(summary, switch)}, realism "
+                     f"{_differences(summary, switch, 'realism', 3)}.")
+    identical = [(a, b) for a in overlaps for b in overlaps if a.row.handoff.noise_mode == "independent"
+                 and b.row.handoff == replace(a.row.handoff, noise_mode="shared")
+                 and all(torch.equal(x.latents, y.latents) for x, y in zip(a.measurements, b.measurements))]
+    if identical:
+        lines.append(f"- Shared and independent noise gave identical latents ({len(identical)} pair(s) of rows): "
+                     f"only the high-noise expert starts from noise; the low-noise expert joins from its latent.")
+    lines.append(f"- Preset (the rule in study.choose_handoff, on ecosystem(s) "
+                 f"{', '.join(map(str, DEVELOPMENT_SEEDS))}): {rows.describe_handoff(preset)}.")
+    return lines
+
+
+def handoff_text(outcome: Outcome, config: study.StudyConfig, heading: str) -> str:
+    """The handoff set-up, its table and conclusions, sections at ``heading``."""
+    return "\n\n".join([handoff_setup_text(config, outcome),
+                         f"{heading} High-noise expert to low-noise expert", report.markdown_table(outcome.handoff, 1),
+                         f"{heading} What the handoff numbers say",
+                         "\n".join(handoff_conclusions(outcome.handoff, outcome.handoff_preset))])
+
+
+def replace_between(path: Path, begin: str, end: str, text: str) -> Path:
+    """Replace the text between the lines ``begin`` and ``end`` of a page (the main job's
+    copy of its results)."""
+    old = path.read_text(encoding="utf-8")
+    start, stop = old.index(begin) + len(begin), old.index(end)
+    path.write_text(f"{old[:start]}\n{text}\n{old[stop:]}", encoding="utf-8")
+    return path
 
 
 def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path = RESULTS_DIR,
                   images_dir: Path = IMAGES_DIR) -> dict[str, Path]:
     three, two = outcome.three_members, outcome.two_members
     first_pair = len(three) + 1
-    text = f"# AMDM toy ecosystem study\n\n{results_text(outcome, config, '##')}\n"
+    text = (f"# AMDM toy ecosystem study\n\n{results_text(outcome, config, '##')}\n\n"
+            f"## Handoff between noise-level experts\n\n{handoff_text(outcome, config, '###')}\n")
     paths = {"markdown": results_dir / "toy_ecosystem.md", "json": results_dir / "toy_ecosystem.json",
-             "frontier": images_dir / "toy_frontier.png", "grid": images_dir / "toy_ecosystem_samples.png"}
+             "frontier": images_dir / "toy_frontier.png", "grid": images_dir / "toy_ecosystem_samples.png",
+             "handoff": images_dir / "toy_handoff.png"}
     paths["markdown"].parent.mkdir(parents=True, exist_ok=True)
     paths["markdown"].write_text(text)
     reference = study.score_sum(three)
@@ -206,11 +326,13 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
                             and study.matches_in_every_ecosystem(s, reference)],
                  "met_at_equal_steps_by": [s.row.name for s in meeting_at_equal_steps(three)]},
         "rows": report.rows_json(three, 1),
-        "two_member_rows": report.rows_json(two, first_pair)})
+        "two_member_rows": report.rows_json(two, first_pair),
+        "handoff": handoff_json(outcome, config)})
     report.frontier_plot(three, paths["frontier"],
                          f"Toy ecosystems {', '.join(map(str, outcome.report_seeds))}: three members "
                          f"({rows.SETTINGS.steps} steps unless the row names its own)",
-                         sweep=[s for s in three if rows.sweep(outcome.presets.budget, s.row.amdm)])
+                         lines=[[s for s in three if rows.sweep(outcome.presets.budget, s.row.amdm)]])
+    handoff_plot(outcome, paths["handoff"])
     shown = {s.row.name for s in three}
     grid = [("requested (clean render)", task.render_all(task.benchmark_requests(GRID_COLUMNS)))]
     grid += [(f"{number}. {s.row.name}", s.measurements[0].latents[:GRID_COLUMNS])
@@ -221,8 +343,39 @@ def write_outputs(outcome: Outcome, config: study.StudyConfig, results_dir: Path
         sections = [f"# Choosing the presets on ecosystem(s) {', '.join(map(str, DEVELOPMENT_SEEDS))}",
                     report.markdown_table(outcome.selection, 1),
                     f"Chosen: budget {describe(outcome.presets.budget)}; match {describe(outcome.presets.match)}."]
+        if outcome.handoff_selection is not None:
+            sections += [f"# Choosing the handoff on ecosystem(s) {', '.join(map(str, DEVELOPMENT_SEEDS))}",
+                         report.markdown_table(outcome.handoff_selection, 1),
+                         f"Chosen: {rows.describe_handoff(outcome.handoff_preset)}."]
         if outcome.ideas:
             sections += [f"# Ideas, on ecosystems {', '.join(map(str, outcome.report_seeds))}",
                          report.markdown_table(outcome.ideas, 1)]
         paths["full"].write_text("\n\n".join(sections) + "\n")
     return paths
+
+
+def handoff_json(outcome: Outcome, config: study.StudyConfig) -> dict:
+    experts = models.ExpertPlan()
+    return {"images_per_ecosystem": config.handoff_images,
+            "boundary_percent": experts.boundary_percent, "boundary_step": rows.boundary_step(),
+            "overlaps_percent": list(rows.OVERLAPS), "expert_training_steps": dict(experts.steps),
+            "preset": rows.describe_handoff(outcome.handoff_preset), "hard_switch_equals_chain": True,
+            "rows": report.rows_json(outcome.handoff, 1)}
+
+
+def handoff_plot(outcome: Outcome, path: Path) -> None:
+    """Joint accuracy and realism against evaluations, side by side; each way of combining
+    joined by a line from the hard switch through its overlaps."""
+    _, switch = hard_switches(outcome.handoff)
+    overlaps = [s for s in outcome.handoff if s.row.handoff is not None and s.row.handoff.overlap > 0]
+    kinds = sorted({replace(s.row.handoff, overlap=0.0) for s in overlaps}, key=str)
+    lines = [[switch, *(s for s in overlaps if replace(s.row.handoff, overlap=0.0) == kind)] for kind in kinds]
+    title = f"Toy ecosystems {', '.join(map(str, outcome.report_seeds))}: high-noise to low-noise expert"
+    note = ("numbers: rows of the handoff table (docs/handoff.md); bars: one standard error over the ecosystems; "
+            f"lines: each way of combining, from the hard switch through overlaps "
+            f"{', '.join(f'{overlap:g}' for overlap in rows.OVERLAPS)}")
+    charts = [report.frontier_chart(outcome.handoff, title, lines, size=(760, 560), families=report.HANDOFF_FAMILIES,
+                                    note=note, preset_group="handoff preset", metric=metric, x_from=30)
+              for metric in (("joint", "joint accuracy"), ("realism", "realism: RMS distance to the nearest clean "
+                                                                     "render (lower is better)"))]
+    report.save_side_by_side(charts, path)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import SEEDS_PER_REQUEST, task
+from . import HANDOFF_SEEDS_PER_REQUEST, SEEDS_PER_REQUEST, task
 from .methods import AMDMSettings, Batch, EvaluationCounter
 from .models import Ecosystem
-from .rows import MEMBERS, SETTINGS, Row, score_sum_name
+from .rows import MEMBERS, SETTINGS, Handoff, Row, score_sum_name
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,15 @@ class StudyConfig:
     requests: int = len(task.all_requests())
     seeds: int = SEEDS_PER_REQUEST
     first_seed: int = 1000
+    handoff_seeds: int = HANDOFF_SEEDS_PER_REQUEST  # the handoff table's seeds per request
 
     @property
     def images(self) -> int:
         return self.requests * self.seeds
+
+    @property
+    def handoff_images(self) -> int:
+        return self.requests * self.handoff_seeds
 
 
 def batches(config: StudyConfig) -> list[Batch]:
@@ -123,20 +128,20 @@ def summarise(row: Row, measurements: Sequence[Measurement], aspects: Sequence[s
 @dataclass
 class Runner:
     """Runs rows on ecosystems with one progress bar; a row already measured on an
-    ecosystem (a member alone, used by two tables) is not run again."""
+    ecosystem with the same images (a member alone, used by two tables) is not run again."""
 
     config: StudyConfig
     progress: tqdm
-    measured: dict[tuple[str, int], Measurement]
+    measured: dict[tuple[str, int, StudyConfig], Measurement]
 
-    def measure(self, row: Row, ecosystem: Ecosystem) -> Measurement:
-        key = (row.name, ecosystem.seed)
+    def measure(self, row: Row, ecosystem: Ecosystem, config: StudyConfig) -> Measurement:
+        key = (row.name, ecosystem.seed, config)
         if key not in self.measured:
             self.progress.set_postfix_str(f"ecosystem {ecosystem.seed}: {row.name[:50]}")
             counter = EvaluationCounter()
             sampler = row.build(ecosystem, counter)
             started = time.monotonic()
-            all_batches = batches(self.config)
+            all_batches = batches(config)
             latents = torch.cat([sampler(batch) for batch in all_batches])
             if not torch.isfinite(latents).all():
                 raise RuntimeError(f"{row.name}, ecosystem {ecosystem.seed}: non-finite latents")
@@ -147,7 +152,9 @@ class Runner:
         return self.measured[key]
 
     def table(self, table: Table) -> list[RowSummary]:
-        return [summarise(row, [self.measure(row, ecosystem) for ecosystem in table.ecosystems], table.aspects)
+        config = self.config if table.seeds is None else replace(self.config, seeds=table.seeds)
+        return [summarise(row, [self.measure(row, ecosystem, config) for ecosystem in table.ecosystems],
+                          table.aspects)
                 for row in table.rows]
 
 
@@ -156,6 +163,7 @@ class Table:
     rows: list[Row]
     ecosystems: Sequence[Ecosystem]
     aspects: tuple[str, ...]  # what joint accuracy requires
+    seeds: int | None = None  # ComfyUI seeds per request, where not the study's
 
     @property
     def size(self) -> int:
@@ -203,6 +211,14 @@ def choose_presets(candidates: Sequence[RowSummary], reference: RowSummary) -> P
     matching = [s for s in candidates if s.joint.mean >= reference.joint.mean - MATCH_MARGIN]
     match = min(matching, key=lambda s: (s.evaluations_per_image, -s.joint.mean)) if matching else None
     return Presets(best_within(budget).row.amdm, None if match is None else match.row.amdm)
+
+
+def choose_handoff(candidates: Sequence[RowSummary]) -> Handoff:
+    """The rule that chooses how the noise-level experts hand over, on the means over the
+    ecosystems given: among the hard switch and the overlaps, the highest joint accuracy;
+    within TIE of it, the fewest evaluations (so an overlap must beat the hard switch by
+    more than TIE to be chosen)."""
+    return best_within(candidates).row.handoff
 
 
 def matches_in_every_ecosystem(summary: RowSummary, reference: RowSummary) -> bool:
