@@ -13,6 +13,12 @@
 #    saves the current frontend's second server and half the browser time on the older release
 #    (AMDM_FRONTENDS=pinned there, see tests/conftest.py).
 #
+# The releases' runs go side by side (a run waits on servers and browsers about half of its
+# time, so two share the 2 cores of a small machine well), each with its own artifacts folder,
+# test-artifacts/<run>/, where its output goes (pytest.log, printed when both have ended),
+# its servers' logs and screenshots. OMP_WAIT_POLICY=PASSIVE keeps torch's idle threads from
+# spinning on cores the other run needs; it changes no result.
+#
 # Every run runs; the script ends with one line per run and the totals, and exits non-zero if
 # any run failed. JUnit reports land in test-artifacts/junit-<run>.xml.
 set -uo pipefail
@@ -31,16 +37,30 @@ run_pytest() {  # NAME COMFYUI_PATH PYTEST_ARGUMENTS...
     local name="$1" comfy_path="$2"
     shift 2
     echo "test.sh: $name: COMFYUI_PATH=$comfy_path AMDM_FRONTENDS=${AMDM_FRONTENDS:-} $python -m pytest $*"
-    COMFYUI_PATH="$comfy_path" "$python" -m pytest --junitxml="$artifacts/junit-$name.xml" "$@" || status=1
-    runs+=("$name")
+    COMFYUI_PATH="$comfy_path" AMDM_TEST_ARTIFACTS="$artifacts/$name" \
+        "$python" -m pytest --junitxml="$artifacts/junit-$name.xml" "$@"
 }
 
-run_pytest core "$repo_root/tests/core/no-comfyui-here" -q tests/core "$@"
+run_pytest core "$repo_root/tests/core/no-comfyui-here" -q tests/core "$@" || status=1
+runs+=(core)
 newest="$(comfyui_releases | tail -n 1 | cut -d' ' -f1)"
+pids=()
 while read -r version _commit dir _variable _urls <&3; do
     if [[ "$version" == "$newest" ]]; then frontends="pinned,current"; else frontends="pinned"; fi
-    AMDM_FRONTENDS="$frontends" run_pytest "comfyui-$version" "$dir" -q --ignore=tests/core "$@"
+    name="comfyui-$version"
+    mkdir -p "$artifacts/$name"
+    AMDM_FRONTENDS="$frontends" OMP_WAIT_POLICY=PASSIVE \
+        run_pytest "$name" "$dir" -q --ignore=tests/core "$@" > "$artifacts/$name/pytest.log" 2>&1 &
+    pids+=($!)
+    runs+=("$name")
+    echo "test.sh: $name started (output: test-artifacts/$name/pytest.log)"
 done 3< <(comfyui_releases)
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || status=1
+    name="${runs[$((i + 1))]}"
+    echo "test.sh: ===== $name ====="
+    cat "$artifacts/$name/pytest.log"
+done
 
 "$python" - "$artifacts" "${runs[@]}" <<'EOF'
 import sys

@@ -23,7 +23,7 @@ import pytest
 from support import comfy_env, family_models, fixture_models
 from support.comfy_server import ComfyServer
 
-ARTIFACTS_DIR = comfy_env.REPO_ROOT / "test-artifacts"
+ARTIFACTS_DIR = comfy_env.ARTIFACTS_DIR
 CORE_TESTS_DIR = Path(__file__).resolve().parent / "core"
 
 

@@ -4,7 +4,7 @@ Two frontends: the one ComfyUI 0.3.64 pins (1.27), on the classic LiteGraph canv
 current ``comfyui-frontend-package`` that ``scripts/setup.sh --browser`` installs outside the
 repository (served with ``main.py --front-end-root``), on the classic canvas and with Vue
 nodes ("Nodes 2.0"). Needs Debian's Chromium at /usr/bin/chromium; Playwright only drives it.
-Screenshots land in <repo>/test-artifacts/browser/.
+Screenshots land in <repo>/test-artifacts/browser/ (or $AMDM_TEST_ARTIFACTS/browser/).
 
 The tests of one frontend configuration share one page; the last of them checks that the
 page logged nothing from the pack's files in the meantime.
@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
-from support.comfy_env import PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes, run_node
+from support.comfy_env import ARTIFACTS_DIR, PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes, run_node
 from support.comfy_server import ComfyServer
 from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
                             provide_input_images, saved_images, small_value)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+ARTIFACTS = ARTIFACTS_DIR / "browser"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup.sh"
 TEMPLATE_INDEX = REPO_ROOT / "workflows" / "templates" / "index.json"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -29,11 +29,6 @@ QUANTISED = 0.02
 CHANGED = 0.03
 OTHER_CHECKPOINT = fixture_models.CHECKPOINT_NAMES[1]
 
-# What the pack does with a LoRA clone of the GGUF model stepping in turn with the GGUF
-# target, by ComfyUI release. 0.28's clone(force_deepcopy=True) needs the loader's
-# cached_patcher_init, which UnetLoaderGGUF does not set; the pack's own deep copy of the
-# module fails there too (0.28's model config answers every attribute, __setstate__ with
-# None), so the LoRA is re-patched onto the shared module at every switch.
 # What the pack does with a LoRA clone of a GGUF model: ComfyUI-GGUF's patchers cannot be
 # rebuilt from their loader (no cached_patcher_init), so the module is deep-copied.
 LORA_CLONE_LOG = "member 2 ('lora') runs on a resident copy of its checkpoint (its weights differ from member 1 ('gguf')'s)"
@@ -46,7 +41,7 @@ def gguf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServe
     comfyui_gguf = gguf_models.find_comfyui_gguf()
     base_dir = tmp_path_factory.mktemp("gguf_server")
     gguf_models.link_into(base_dir / "models")
-    server = ComfyServer(base_dir, comfy_env.REPO_ROOT / "test-artifacts" / "comfyui-gguf-server.log",
+    server = ComfyServer(base_dir, comfy_env.ARTIFACTS_DIR / "comfyui-gguf-server.log",
                          node_packs=[comfyui_gguf])
     server.start()
     try:

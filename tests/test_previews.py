@@ -129,9 +129,9 @@ def test_the_server_sends_tiled_previews_during_the_window(previewing_server):
 @pytest.fixture(scope="module")
 def previewing_server(tmp_path_factory, fixture_files):
     """A real server with latent2rgb previews (the test server's default is none)."""
-    from support.comfy_env import REPO_ROOT
+    from support.comfy_env import ARTIFACTS_DIR
     from support.comfy_server import ComfyServer
-    server = ComfyServer(tmp_path_factory.mktemp("previews"), REPO_ROOT / "test-artifacts" / "previews-server.log",
+    server = ComfyServer(tmp_path_factory.mktemp("previews"), ARTIFACTS_DIR / "previews-server.log",
                          extra_args=["--preview-method", "latent2rgb"])
     server.start()
     try:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Server logs, screenshots and reports; scripts/test.sh gives each concurrent run its own.
+ARTIFACTS_DIR = Path(os.environ.get("AMDM_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
 PACK_MODULE_NAME = "comfyui_amdm"
 PACK_DIR_NAME = "comfyui-amdm"
 
