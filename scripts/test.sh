@@ -13,8 +13,9 @@
 #    saves the current frontend's second server and half the browser time on the older release
 #    (AMDM_FRONTENDS=pinned there, see tests/conftest.py).
 #
-# The releases' runs go side by side (a run waits on servers and browsers about half of its
-# time, so two share the 2 cores of a small machine well), each with its own artifacts folder,
+# The releases' runs go side by side (one run keeps about one core busy: it waits on servers
+# and browsers, and the tiny test models' ops gain little from a second thread; on a 2-core
+# machine .ci/run took 24 minutes so, 30 one after the other), each with its own artifacts folder,
 # test-artifacts/<run>/, where its output goes (pytest.log, printed when both have ended),
 # its servers' logs and screenshots. OMP_WAIT_POLICY=PASSIVE keeps torch's idle threads from
 # spinning on cores the other run needs; it changes no result.
