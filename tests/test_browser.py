@@ -27,7 +27,7 @@ from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Error as PlaywrightError, Page, sync_playwright
 
 from support.comfy_env import ARTIFACTS_DIR, PACK_DIR_NAME, cache_dir, find_comfyui, load_comfy_extra_nodes, run_node
-from support.comfy_server import ComfyServer
+from support.comfy_server import ComfyServer, serving_the_pack
 from support.fixture_models import CHECKPOINT_NAMES
 from test_workflows import (WORKFLOW_NAMES, graph_differences, load_api_workflow, load_ui_workflow,
                             provide_input_images, saved_images, small_value)
@@ -452,15 +452,10 @@ def browser(comfy) -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def current_frontend_server(tmp_path_factory: pytest.TempPathFactory, fixture_files) -> Iterator[ComfyServer]:
     """The same ComfyUI, pack and models, serving the current frontend."""
-    base_dir = tmp_path_factory.mktemp("comfy_server_current_frontend")
-    server = ComfyServer(base_dir, ARTIFACTS.parent / "comfyui-server-current-frontend.log",
-                         extra_args=["--front-end-root", str(current_frontend_root())])
-    server.start()
-    try:
-        server.require_pack()
+    with serving_the_pack(tmp_path_factory.mktemp("comfy_server_current_frontend"),
+                          ARTIFACTS.parent / "comfyui-server-current-frontend.log",
+                          extra_args=["--front-end-root", str(current_frontend_root())]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def require_frontend_model_loaders(server) -> None:

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 from support import comfy_env, fixture_models, gguf_models
-from support.comfy_server import ComfyServer, ComfyServerError
+from support.comfy_server import ComfyServer, ComfyServerError, serving_the_pack
 
 CFG = 7.0
 SEED = 42
@@ -41,17 +41,12 @@ def gguf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServe
     comfyui_gguf = gguf_models.find_comfyui_gguf()
     base_dir = tmp_path_factory.mktemp("gguf_server")
     gguf_models.link_into(base_dir / "models")
-    server = ComfyServer(base_dir, comfy_env.ARTIFACTS_DIR / "comfyui-gguf-server.log",
-                         node_packs=[comfyui_gguf])
-    server.start()
-    try:
-        server.require_pack()
+    with serving_the_pack(base_dir, comfy_env.ARTIFACTS_DIR / "comfyui-gguf-server.log",
+                          node_packs=[comfyui_gguf]) as server:
         if "UnetLoaderGGUF" not in server.object_info():
             raise ComfyServerError(f"ComfyUI-GGUF's nodes are not registered; import error:\n"
                                    f"{server.pack_import_error(comfyui_gguf.name) or server.log_tail()}")
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

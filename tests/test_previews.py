@@ -130,12 +130,7 @@ def test_the_server_sends_tiled_previews_during_the_window(previewing_server):
 def previewing_server(tmp_path_factory, fixture_files):
     """A real server with latent2rgb previews (the test server's default is none)."""
     from support.comfy_env import ARTIFACTS_DIR
-    from support.comfy_server import ComfyServer
-    server = ComfyServer(tmp_path_factory.mktemp("previews"), ARTIFACTS_DIR / "previews-server.log",
-                         extra_args=["--preview-method", "latent2rgb"])
-    server.start()
-    try:
-        server.require_pack()
+    from support.comfy_server import serving_the_pack
+    with serving_the_pack(tmp_path_factory.mktemp("previews"), ARTIFACTS_DIR / "previews-server.log",
+                          extra_args=["--preview-method", "latent2rgb"]) as server:
         yield server
-    finally:
-        server.stop()

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -268,3 +270,17 @@ class ComfyServer:
                 f"the pack's nodes are not registered ({PACK_NODE_PROBE} missing from /object_info); "
                 f"import error:\n{self.pack_import_error() or self.log_tail()}"
             )
+
+
+@contextmanager
+def serving_the_pack(base_dir: Path, log_path: Path, extra_args: Sequence[str] = (),
+                     node_packs: Sequence[Path] = ()) -> Iterator[ComfyServer]:
+    """A started server whose pack registered its nodes (else the pack's import error),
+    stopped on exit."""
+    server = ComfyServer(base_dir, log_path, extra_args=extra_args, node_packs=node_packs)
+    server.start()
+    try:
+        server.require_pack()
+        yield server
+    finally:
+        server.stop()
