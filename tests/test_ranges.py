@@ -4,7 +4,6 @@ ranges are errors before any evaluation; a finished member's weights go back to 
 before a later member loads."""
 from __future__ import annotations
 
-import contextlib
 
 import comfy.model_management
 import pytest
@@ -12,7 +11,8 @@ import torch
 
 from support.comfy_env import run_node
 from support.sampling import (SEED, EvaluationLog, amdm, amdm_sampler,  # noqa: F401
-                              empty_latent, interrupting_clone, ksampler, model_a, model_b, prompts)
+                              empty_latent, interrupting_clone, ksampler, model_a, model_b, prompts,
+                              vram_state)
 
 STEPS = 8
 
@@ -127,16 +127,6 @@ def test_bad_ranges_are_errors_before_any_evaluation(amdm, model_a, model_b, pro
     with pytest.raises(ValueError, match="AMDMSampler: .*" + message):
         amdm_sampler(members, Schedule(target_member=1), "euler", steps=STEPS)
     assert log.sigmas == {"a": [], "b": []}
-
-
-@contextlib.contextmanager
-def vram_state(state):
-    saved = comfy.model_management.vram_state
-    comfy.model_management.vram_state = state
-    try:
-        yield
-    finally:
-        comfy.model_management.vram_state = saved
 
 
 @pytest.mark.parametrize("state", ["NORMAL_VRAM", "LOW_VRAM", "NO_VRAM"])

@@ -19,7 +19,7 @@ import torch
 
 from support.comfy_env import run_node
 from support.sampling import (STEPS, amdm, amdm_sampler, interrupting_clone,  # noqa: F401
-                              ksampler, model_a, model_b, prompts)
+                              ksampler, model_a, model_b, prompts, vram_state)
 
 
 @contextlib.contextmanager
@@ -34,17 +34,6 @@ def recording(monkeypatch, owner, name: str):
     monkeypatch.setattr(owner, name, record)
     yield calls
     monkeypatch.setattr(owner, name, original)
-
-
-@contextlib.contextmanager
-def vram_state(state):
-    """ComfyUI's VRAM mode (as --lowvram sets it) for the duration."""
-    saved = comfy.model_management.vram_state
-    comfy.model_management.vram_state = state
-    try:
-        yield
-    finally:
-        comfy.model_management.vram_state = saved
 
 
 def lora_clone(model, fixture_files, strength: float = 1.0):

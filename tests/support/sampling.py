@@ -5,6 +5,8 @@ Test modules import the fixtures they use (``from support.sampling import amdm, 
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from support.comfy_env import run_node
@@ -97,3 +99,15 @@ class EvaluationLog:
             return apply_model(args["input"], args["timestep"], **args["c"])
         watched.set_model_unet_function_wrapper(wrapper)
         return watched
+
+
+@contextlib.contextmanager
+def vram_state(state):
+    """ComfyUI's VRAM mode (as --lowvram sets it) for the duration."""
+    import comfy.model_management
+    saved = comfy.model_management.vram_state
+    comfy.model_management.vram_state = state
+    try:
+        yield
+    finally:
+        comfy.model_management.vram_state = saved
