@@ -353,16 +353,10 @@ class _Run:
         factors = guidance_factors(plan.weights, plan.aggregation, self.schedule.guidance)
         cfgs = [[compensated_cfg(member.cfg, factor) for member in members] for factor in factors.tolist()]
 
-        def set_cfgs(k: int) -> None:
-            """Every member's CFG scale for window step k, set before any member steps
-            (a batched evaluation reads the scales of all the members it serves)."""
-            for session, cfg in zip(sessions, cfgs[k - span.steps.start]):
-                session.set_cfg(cfg)
-
         offset = span.steps.start - local.start  # global step = local step + offset
         reports: dict[int, dict] = {}
         step_fns = [self.step_function(session, shared.window_args(i, session.extra_args),
-                                       lambda info, i=i: reports.__setitem__(i, info), set_cfgs, offset, home,
+                                       lambda info, i=i: reports.__setitem__(i, info), offset, home,
                                        span.members[i])
                     for i, session in enumerate(sessions)]
         self.drive.probe(sessions[lead].model_k, start[lead], sessions[lead].sigmas[local.start:],
@@ -372,6 +366,10 @@ class _Run:
             """Progress and preview once per step, after every member stepped: the lead
             member's, or every member's prediction side by side (in stack order)."""
             def step_all(step_fns_: Sequence[StepFn], states_: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+                # Every member's CFG scale for step k is set before any member steps: a
+                # batched evaluation reads the scales of all the members it serves.
+                for session, cfg in zip(sessions, cfgs[k - span.steps.start]):
+                    session.set_cfg(cfg)
                 reports.clear()
                 proposals = map_steps(step_fns_, states_, k)
                 if lead in reports:
@@ -396,14 +394,12 @@ class _Run:
         return derive_seed(self.seed, STEP_STREAM, index, k)
 
     def step_function(self, session: MemberSession, extra_args: dict, report: Callback,
-                      set_cfgs: Callable[[int], None], offset: int, home: torch.device,
-                      index: int) -> StepFn:
+                      offset: int, home: torch.device, index: int) -> StepFn:
         """A member's proposal for step k (global), from a latent on the home device; the
         sampler's step report (its prediction) goes to ``report``."""
         drive = self.drive
 
         def step(x: torch.Tensor, k: int) -> torch.Tensor:
-            set_cfgs(k)
             j = k - offset
             with compat.device_context(session.device):
                 proposal = drive.run(session.model_k, x.to(session.device), session.sigmas[j:j + 2],
