@@ -373,8 +373,11 @@ class _Run:
                 reports.clear()
                 proposals = map_steps(step_fns_, states_, k)
                 if lead in reports:
+                    # Not at the run's last step: ComfyUI keeps the last prediction its
+                    # callback sees as SamplerCustomAdvanced's denoised_output.
+                    tiled = self.tiles and k < len(self.sigmas) - 2
                     denoised = torch.cat([reports[i]["denoised"].to(home) for i in range(len(sessions))], dim=-1) \
-                        if self.tiles else reports[lead]["denoised"]
+                        if tiled else reports[lead]["denoised"]
                     callback({**reports[lead], "i": k - offset, "denoised": denoised})
                 return proposals
             return step_all

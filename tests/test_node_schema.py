@@ -92,6 +92,24 @@ def test_object_info_is_the_recorded_v1_one_plus_v3_additions(comfy_server):
     assert ADDED_NODES <= set(pack)
 
 
+def test_every_node_has_the_search_aliases_where_comfyui_offers_them(comfy_server):
+    """Search aliases ("mix models", "MoE", "handoff"...) reach the node search of a release
+    whose V3 schema has the field; a release without it gets none and no error."""
+    import dataclasses
+    from comfy_api.latest import io
+    from comfyui_amdm.nodes.definitions import SEARCH_ALIASES
+    info = comfy_server.object_info()
+    pack = {name: spec for name, spec in info.items() if spec.get("python_module") == "custom_nodes.comfyui-amdm"}
+    offered = "search_aliases" in {field.name for field in dataclasses.fields(io.Schema)}
+    aliases = {name: spec.get("search_aliases") for name, spec in pack.items()}
+    if not offered:
+        assert set(aliases.values()) == {None}
+        return
+    boundary = aliases.pop("AMDMExpertBoundary")
+    assert {"MoE", "handoff", "expert", "boundary"} <= set(boundary)
+    assert aliases == {name: SEARCH_ALIASES for name in aliases}
+
+
 def test_the_comparison_sees_a_moved_widget_and_a_changed_default():
     old = recorded_info("0.3.64")
     moved = json.loads(json.dumps(old))

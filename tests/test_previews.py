@@ -64,6 +64,34 @@ def test_no_tiles_are_made_with_previews_off(amdm, model_a, model_b, prompts):
     assert widths == [(step, 8) for step in range(STEPS)]
 
 
+def test_denoised_output_is_the_targets_prediction_with_member_previews(amdm, model_a, model_b, prompts):
+    """SamplerCustomAdvanced keeps the last prediction its preview callback saw as
+    denoised_output: with the window reaching the last step, that is the target's own
+    prediction, the same with member previews on or off, never the tiles."""
+    from comfyui_amdm.nodes import AMDMGuider
+    from support.comfy_env import run_node
+    Member, Schedule = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    latent = empty_latent()
+    noise = run_node("RandomNoise", noise_seed=5)[0]
+    sampler = run_node("KSamplerSelect", sampler_name="euler")[0]
+    sigmas = run_node("BasicScheduler", model=model_a, scheduler="normal", steps=STEPS, denoise=1.0)[0]
+
+    def outputs(member_previews: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        guider = AMDMGuider(members, Schedule(start_percent=0.0, end_percent=1.0), member_previews=member_previews)
+        output, denoised = run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler,
+                                    sigmas=sigmas, latent_image=latent)
+        return output["samples"], denoised["samples"]
+
+    with preview_method(comfy.cli_args.LatentPreviewMethod.Latent2RGB):
+        output, denoised = outputs(member_previews=True)
+        plain_output, plain_denoised = outputs(member_previews=False)
+    assert denoised.shape == output.shape == latent["samples"].shape
+    assert torch.equal(output, plain_output)
+    assert torch.equal(denoised, plain_denoised)
+
+
 def _prompt(members: int) -> dict:
     """Two SD1.5 members through AMDMSampler (a window of 3 of 6 steps), decoded and saved."""
     from support.fixture_models import CHECKPOINT_NAMES
