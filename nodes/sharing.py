@@ -13,19 +13,20 @@ prompts, a GLIGEN box, a ControlNet, area or mask conds) and continue from one l
 their conds are evaluated together: the first of them to call the model runs ComfyUI's
 calc_cond_batch on every such member's conds at once (as ComfyUI batches cond and uncond,
 split by its own memory estimate), and each member's sampling_function takes its share
-and applies its own CFG. A cond list that several of them share (typically one negative
-prompt for all) is evaluated once: at one latent and sigma, with the same weights, it is
-the same prediction.
+and applies its own CFG. A cond list that several of them share in one role (typically one
+negative prompt for all) is evaluated once: at one latent and sigma, with the same weights,
+it is the same prediction.
 
 What a batched member sees is what it would see alone. calc_cond_batch numbers the items
 of a call by their cond list (``cond_or_uncond``), and attention patches written the way
 IPAdapter, InstantID or LLLite write theirs index ``(cond, uncond)[i]`` with those numbers;
 so every batched call tags each item 0 (a positive list) or 1 (a negative list), through
-an APPLY_MODEL wrapper, before any patch reads it. Two kinds of models are never batched
-(``batchable``): one with a unet function wrapper, which reads the batch layout itself
-(reference-only), and one whose patches may hand state to its CFG functions (SAG records
-the negative's attention for its post-CFG function: in a batch, one member would read
-another's).
+the outermost APPLY_MODEL wrapper, before any other wrapper or patch reads it. Patches that
+work on fixed chunks of the latent's batch (reference-only) keep their layout: every cond
+list holds the whole latent batch. Two kinds of models are never batched (``batchable``):
+one with a unet function wrapper, which sees the whole call and may read its layout, and
+one whose patches may hand state to its CFG functions (SAG records the negative's
+attention for its post-CFG function: in a batch, one member would read another's).
 """
 from __future__ import annotations
 
@@ -237,7 +238,8 @@ def _tagging(model_options: dict, tags: list[int]) -> dict:
     apply_model = comfy.patcher_extension.WrappersMP.APPLY_MODEL
     transformer_options = model_options.get("transformer_options", {})
     wrappers = transformer_options.get("wrappers", {})
-    tagged_wrappers = {**wrappers, apply_model: {**wrappers.get(apply_model, {}), TAG_WRAPPER: [tag_items]}}
+    # First in the dict, so outermost: every other APPLY_MODEL wrapper sees the tags too.
+    tagged_wrappers = {**wrappers, apply_model: {TAG_WRAPPER: [tag_items], **wrappers.get(apply_model, {})}}
     return {**model_options, "transformer_options": {**transformer_options, "wrappers": tagged_wrappers}}
 
 
@@ -308,12 +310,14 @@ class SharedEvaluation:
         # Each distinct cond list once; a skipped uncond (None, cfg 1) gives zeros.
         flat: list[Optional[list]] = []
         tags: list[int] = []
-        position: dict[Optional[int], int] = {}
+        position: dict[Optional[tuple[int, int]], int] = {}
         slots: dict[int, list[int]] = {}
         for i in evaluation.indices:
             slots[i] = []
             for tag, (cond_class, conds) in enumerate(zip(self.cond_classes[i], evaluation.cond_lists[i])):
-                key = None if conds is None else cond_class
+                # A list evaluated once must also be tagged once: one member's positive that
+                # is another's negative (an empty prompt) is two items, tagged 0 and 1.
+                key = None if conds is None else (cond_class, tag)
                 if key not in position:
                     position[key] = len(flat)
                     flat.append(conds)

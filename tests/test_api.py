@@ -122,3 +122,67 @@ def test_bad_window_fails_the_prompt_with_the_nodes_message(comfy_server):
     with pytest.raises(ComfyServerError, match="end_percent \\(0.3\\) must be greater than "
                                         "start_percent \\(0.6\\)"):
         comfy_server.wait(comfy_server.queue(prompt), timeout=120)
+
+
+def _patched_members_prompt(prompts: tuple[tuple[str, str], tuple[str, str]], models: tuple[str, str],
+                            prefix: str) -> dict:
+    """Two members of one checkpoint, each on the MODEL named in ``models`` (patch node ids,
+    or the loader for none), with its own positive and negative, aggregated on shared noise
+    (so that they are evaluated together where their MODELs allow it)."""
+    prompt: dict = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINTS[0]}}}
+    for patch in ("patch_a", "patch_b"):
+        prompt[patch] = {"class_type": "ApplyIPAdapterStylePatch",
+                         "inputs": {"model": ["ckpt", 0], "cond_scale": 1.6, "uncond_scale": 0.4}}
+    stack = None
+    for index, ((positive, negative), model) in enumerate(zip(prompts, models)):
+        for role, text in (("pos", positive), ("neg", negative)):
+            prompt[f"{role}{index}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}}
+        inputs = {"model": [model, 0], "positive": [f"pos{index}", 0], "negative": [f"neg{index}", 0],
+                  "cfg": 7.0 - 2 * index, "weight": 1.0, "deviation": 1.0}
+        if stack is not None:
+            inputs["stack"] = [stack, 0]
+        stack = f"stack{index}"
+        prompt[stack] = {"class_type": "ModelStack", "inputs": inputs}
+    prompt["schedule"] = {"class_type": "AggregationSchedule", "inputs": {
+        "start_percent": 0.0, "end_percent": 0.5, "aggregation": "slerp", "weight_curve": "constant",
+        "deviation_mode": "none", "deviation_strength": 0.0, "target_member": 1, "noise_mode": "shared"}}
+    prompt["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["sampler"] = {"class_type": "AMDMSampler", "inputs": {
+        "stack": [stack, 0], "schedule": ["schedule", 0], "seed": 11, "steps": 6, "sampler_name": "euler",
+        "scheduler": "normal", "latent_image": ["latent", 0], "denoise": 1.0}}
+    prompt["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["ckpt", 2]}}
+    prompt["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}}
+    prompt["save_latent"] = {"class_type": "SaveLatent",
+                             "inputs": {"samples": ["sampler", 0], "filename_prefix": f"latents/{prefix}"}}
+    return prompt
+
+
+@pytest.mark.parametrize("prompts", [
+    (("a red cube", "blurry"), ("a blue sphere", "a cat")),
+    # one member's positive is the other's negative (the empty prompt), and its own negative
+    (("a red cube", ""), ("", "")),
+], ids=["own prompts", "shared empty prompt"])
+def test_members_on_one_ipadapter_style_patched_model_through_the_queue(comfy_server, prompts):
+    """Two members with their own prompts on one MODEL that carries an attention patch
+    indexing (cond, uncond)[i] (as IPAdapter_plus's does): the image is that of the same
+    graph with each member on its own, separately patched MODEL, within 3/255 per pixel,
+    and so is the latent, within float tolerance (the test models' decoder saturates most
+    pixels, so the latent is the sharper check); and the patch acts (the unpatched graph
+    differs)."""
+    import numpy
+    from PIL import Image
+
+    def outputs(models: tuple[str, str], name: str) -> tuple[numpy.ndarray, torch.Tensor]:
+        prefix = f"ipadapter_style/{name}_{len(prompts[1][0])}"
+        entry = comfy_server.wait(comfy_server.queue(_patched_members_prompt(prompts, models, prefix)), timeout=300)
+        [path] = saved_images(comfy_server, entry)
+        with Image.open(path) as saved:
+            return numpy.asarray(saved.convert("RGB"), dtype=numpy.int16), _saved_latent(comfy_server, entry)
+
+    one_model, one_model_latent = outputs(("patch_a", "patch_a"), "one_model")
+    separately, separately_latent = outputs(("patch_a", "patch_b"), "separately")
+    _, unpatched_latent = outputs(("ckpt", "ckpt"), "unpatched")
+    assert numpy.abs(one_model - separately).max() <= 3
+    torch.testing.assert_close(one_model_latent, separately_latent, rtol=1e-4,
+                               atol=1e-5 * separately_latent.abs().max().item())
+    assert not torch.allclose(one_model_latent, unpatched_latent, atol=1e-3), "the patch must act"

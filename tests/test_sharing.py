@@ -258,40 +258,102 @@ def _own_prompts(Member, model, other, prompts):
             Member(other, prompts["blue"], prompts["cat"], 5.0)]
 
 
-def test_an_ipadapter_style_patch_sees_cond_and_uncond_per_member_when_batched(amdm, model_a, prompts):
+# Each member's (positive, negative) prompt names, and the items of one batched call: every
+# distinct prompt once per role it has (a list that is one member's positive and another's
+# negative is evaluated as both).
+PROMPT_SETS = {"own prompts": ((("red", "empty"), ("blue", "cat")), 4),
+               "shared empty prompt": ((("red", "empty"), ("empty", "empty")), 3)}
+
+
+def _members(Member, models, prompts, names):
+    return [Member(model, prompts[positive], prompts[negative], cfg)
+            for model, (positive, negative), cfg in zip(models, names, (7.0, 5.0))]
+
+
+@pytest.mark.parametrize("case", list(PROMPT_SETS))
+def test_an_ipadapter_style_patch_sees_cond_and_uncond_per_member_when_batched(amdm, model_a, prompts, case):
     """Two members with their own prompts and negatives on one MODEL with an attention patch
     that indexes (cond, uncond)[i]: evaluated in one call, each item tagged 0 or 1, the
     result is that of the same members on separately patched MODELs (never batched)."""
     from support.patch_nodes import IPAdapterStylePatch
     Member, Schedule = amdm
+    names, items = PROMPT_SETS[case]
     schedule = Schedule(end_percent=0.5, noise_mode="shared")
     patched = model_a.clone()
     patched.set_model_attn2_patch(IPAdapterStylePatch(1.3, 0.7))
     separately = model_a.clone()
     separately.set_model_attn2_patch(IPAdapterStylePatch(1.3, 0.7))
     with unet_batches(model_a) as batches:
-        together = amdm_sampler(_own_prompts(Member, patched, patched, prompts), schedule, "euler")
-        assert batches.count(4) == 4, batches  # red, blue, empty, cat in one call per window step
+        together = amdm_sampler(_members(Member, (patched, patched), prompts, names), schedule, "euler")
+        assert batches.count(items) == 4, batches  # one call per window step
         batches.clear()
-        apart = amdm_sampler(_own_prompts(Member, patched, separately, prompts), schedule, "euler")
+        apart = amdm_sampler(_members(Member, (patched, separately), prompts, names), schedule, "euler")
         assert set(batches) == {2}, batches
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5 * apart.abs().max().item())
-    plain = amdm_sampler(_own_prompts(Member, model_a, model_a, prompts), schedule, "euler")
+    plain = amdm_sampler(_members(Member, (model_a, model_a), prompts, names), schedule, "euler")
+    assert not torch.allclose(together, plain, atol=1e-3), "the patch must act"
+
+
+def test_an_apply_model_wrapper_sees_cond_and_uncond_per_member_when_batched(amdm, model_a, prompts):
+    """Another pack's APPLY_MODEL wrapper that picks (cond, uncond)[i] per item sees the tags
+    as a patch does (the tagging wrapper is the outermost): batched equals apart."""
+    import comfy.patcher_extension
+    from support.patch_nodes import ip_adapter_style_wrapper
+    Member, Schedule = amdm
+    names, items = PROMPT_SETS["shared empty prompt"]
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
+
+    def wrapped():
+        model = model_a.clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ip_adapter_style",
+                                   ip_adapter_style_wrapper(1.3, 0.7))
+        return model
+    patched, separately = wrapped(), wrapped()
+    with unet_batches(model_a) as batches:
+        together = amdm_sampler(_members(Member, (patched, patched), prompts, names), schedule, "euler")
+        assert batches.count(items) == 4, batches
+    apart = amdm_sampler(_members(Member, (patched, separately), prompts, names), schedule, "euler")
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5 * apart.abs().max().item())
+    plain = amdm_sampler(_members(Member, (model_a, model_a), prompts, names), schedule, "euler")
+    assert not torch.allclose(together, plain, atol=1e-3), "the wrapper must act"
+
+
+def test_a_reference_only_style_patch_works_on_its_chunks_when_batched(amdm, model_a, prompts):
+    """An attn1 patch that, like reference-only, works on fixed chunks of the latent's batch
+    size: a batched call keeps that layout (every cond list holds the whole latent batch),
+    so batched equals apart, at a latent batch of 2."""
+    from support.patch_nodes import reference_only_style
+    from support.sampling import empty_latent
+    Member, Schedule = amdm
+    names, _ = PROMPT_SETS["own prompts"]
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
+    latent = empty_latent(batch=2)
+
+    def patched():
+        model = model_a.clone()
+        model.set_model_attn1_patch(reference_only_style(2))
+        return model
+    first, second = patched(), patched()
+    with unet_batches(model_a) as batches:
+        together = amdm_sampler(_members(Member, (first, first), prompts, names), schedule, "euler", latent)
+        assert batches.count(8) == 4, batches  # 4 cond lists of 2 items in one call per window step
+    apart = amdm_sampler(_members(Member, (first, second), prompts, names), schedule, "euler", latent)
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5 * apart.abs().max().item())
+    plain = amdm_sampler(_members(Member, (model_a, model_a), prompts, names), schedule, "euler", latent)
     assert not torch.allclose(together, plain, atol=1e-3), "the patch must act"
 
 
 def test_patches_that_could_cross_members_are_not_batched(amdm, model_a, prompts):
     """ComfyUI's own SAG records the negative's attention in its patch for its post-CFG
-    function; a unet function wrapper (reference-only) reads the batch layout itself: such
-    members are evaluated one at a time, and the result is that of separately patched
-    MODELs."""
-    from support.patch_nodes import reference_only_style
+    function; a unet function wrapper reads the call's batch layout itself: such members
+    are evaluated one at a time, and the result is that of separately patched MODELs."""
+    from support.patch_nodes import batch_layout_wrapper
     from comfyui_amdm.nodes import sharing
     Member, Schedule = amdm
     schedule = Schedule(end_percent=0.5, noise_mode="shared")
     sag = run_node("SelfAttentionGuidance", model=model_a, scale=0.8, blur_sigma=2.0)[0]
     reference = model_a.clone()
-    reference.set_model_unet_function_wrapper(reference_only_style(0.3))
+    reference.set_model_unet_function_wrapper(batch_layout_wrapper(0.3))
     assert sharing.batchable(model_a) and not sharing.batchable(sag) and not sharing.batchable(reference)
     for model in (sag, reference):
         alone = model.clone()
@@ -311,10 +373,14 @@ def test_members_sharing_one_patch_object_on_two_models_are_tagged_too(amdm, mod
     first, second = model_a.clone(), model_a.clone()
     first.set_model_attn2_patch(patch)
     second.set_model_attn2_patch(patch)
+    schedule = Schedule(end_percent=0.5, noise_mode="shared")
     with unet_batches(model_a) as batches:
-        amdm_sampler(_own_prompts(Member, first, second, prompts), Schedule(end_percent=0.5, noise_mode="shared"),
-                     "euler")
+        together = amdm_sampler(_own_prompts(Member, first, second, prompts), schedule, "euler")
     assert batches.count(4) == 4, batches
+    separately = model_a.clone()
+    separately.set_model_attn2_patch(IPAdapterStylePatch(1.5, 0.5))
+    apart = amdm_sampler(_own_prompts(Member, first, separately, prompts), schedule, "euler")
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5 * apart.abs().max().item())
 
 
 # --- what a resident copy costs and when it is made --------------------------------------------
