@@ -57,9 +57,12 @@ bounds below, is refused with ``{"error": "..."}`` naming the input and the boun
 - the body: at most ``MAX_BODY_BYTES`` (64 KiB; status 413, the rest left unread), a JSON
   object (no NaN or Infinity) with no fields but the five above;
 - members: at most ``MAX_MEMBERS``, AggregationSchedule's largest ``target_member`` (64);
-- scheduled steps: ``steps / denoise`` (what KSampler and BasicScheduler compute when
-  ``denoise`` < 1, of which they run the last ``steps``) at most ``MAX_SCHEDULED_STEPS``
-  (10000), for the sampler and for every SIGMAS node with ``steps`` and ``denoise`` inputs;
+- scheduled steps: every INT input named ``steps`` (or ``..._steps``) at most
+  ``MAX_SCHEDULED_STEPS`` (10000), whatever its node declares; where a node has ``steps``
+  and ``denoise`` inputs, ``steps / denoise`` too (what KSampler and BasicScheduler compute
+  when ``denoise`` < 1, of which they run the last ``steps``; conservative for the nodes
+  that schedule ``steps`` and keep ``steps * denoise``, as AlignYourStepsScheduler does,
+  which the chart cannot tell apart before running them);
 - ModelSampling nodes: at most ``MAX_MODEL_SAMPLING_NODES`` (8);
 - the SIGMAS graph: at most ``MAX_GRAPH_NODES`` (64) nodes, no cycle, at most
   ``MAX_GRAPH_DEPTH`` (32) links from ``output`` to the farthest node it depends on; each
@@ -73,8 +76,8 @@ SIGMAS nodes, the window and shares, the JSON of the answer) runs off the event 
 worker thread: one chart at a time. At most ``MAX_QUEUED_CHARTS`` (8) requests wait or run
 at once, and each is answered within ``CHART_TIME_LIMIT_S`` (10 s); beyond either the answer
 is status 503. The worker abandons a chart past its time at its next stage (after the file,
-after each node, before the shares and the JSON): a single node's own work on checked inputs
-is what the time limit bounds.
+after each node, before the shares and the JSON): a node that runs is not interrupted, so
+its work is bounded by the checks on its inputs (the steps above), not by the time limit.
 """
 from __future__ import annotations
 
@@ -210,21 +213,51 @@ def _checked_widgets(where: str, declared: dict[str, tuple[Any, dict, bool]], gi
             widgets[name] = checked_value(where, name, kind, options, given[name])
         elif required:
             raise ChartError(f"{where}: the {name} input is missing")
-    if "steps" in widgets and "denoise" in widgets:
-        scheduled = scheduled_steps(widgets["steps"], widgets["denoise"])
-        if scheduled > MAX_SCHEDULED_STEPS:
-            raise ChartError(f"{where}: steps {widgets['steps']} with denoise {widgets['denoise']} "
-                             f"schedule {scheduled} steps (steps / denoise); the chart computes at "
-                             f"most {MAX_SCHEDULED_STEPS}")
+    _check_step_counts(where, declared, widgets)
     return widgets
 
 
-def scheduled_steps(steps: int, denoise: float) -> int:
+def _check_step_counts(where: str, declared: dict[str, tuple[Any, dict, bool]], widgets: dict) -> None:
+    """The chart's own bound on the steps a node schedules, whatever the node declares.
+
+    A node's declared max is its author's: an installed pack's scheduler may declare ``steps``
+    with no max, and a node cannot be stopped once it runs (the time limit abandons a chart
+    only between nodes), so what it computes is bounded before it runs, not only checked
+    after (``_checked_sigmas``). A scheduler's work grows with the steps it schedules, which
+    ComfyUI's nodes, and the packs written like them, take from an INT input named ``steps``
+    (or ``..._steps``): each is at most MAX_SCHEDULED_STEPS. Beside a ``denoise`` input the
+    count depends on the node's code, not on its declaration: KSampler and BasicScheduler
+    schedule ``steps / denoise`` steps and keep the last ``steps``; AlignYourStepsScheduler,
+    GITSScheduler and OptimalStepsScheduler schedule ``steps`` and keep ``steps * denoise``.
+    Nothing in INPUT_TYPES tells the two apart, and a table of ComfyUI's nodes would leave
+    every other pack's nodes (and each new release's) to a guess, so ``steps / denoise``
+    bounds every node with both inputs: exact for the first kind, conservative for the
+    second, which it refuses only where denoise < steps / MAX_SCHEDULED_STEPS. Inputs under
+    other names (a width, a seed) keep the node's own bounds."""
+    step_counts = {name: value for name, value in widgets.items()
+                   if declared[name][0] == "INT" and (name == "steps" or name.endswith("_steps"))}
+    for name, value in step_counts.items():
+        if value > MAX_SCHEDULED_STEPS:
+            raise ChartError(f"{where}: {name} must be at most {MAX_SCHEDULED_STEPS}, the most the chart "
+                             f"schedules whatever the node declares; got {value}")
+    if "steps" in step_counts and declared.get("denoise", (None,))[0] == "FLOAT" and "denoise" in widgets:
+        scheduled = scheduled_steps(widgets["steps"], widgets["denoise"])
+        if scheduled > MAX_SCHEDULED_STEPS:
+            count = int(scheduled) if math.isfinite(scheduled) else "infinitely many"
+            raise ChartError(f"{where}: steps {widgets['steps']} with denoise {widgets['denoise']} may schedule "
+                             f"{count} steps; the chart schedules at most {MAX_SCHEDULED_STEPS} (it counts "
+                             f"steps / denoise, as KSampler and BasicScheduler schedule, for any node with "
+                             f"steps and denoise inputs: it cannot tell before running one that it schedules "
+                             f"fewer)")
+
+
+def scheduled_steps(steps: int, denoise: float) -> float:
     """At most how many steps KSampler and BasicScheduler schedule for these settings: with
-    denoise < 1 they compute steps / denoise of them and run the last ``steps``."""
+    denoise < 1 they compute steps / denoise of them (infinitely many where that overflows)
+    and run the last ``steps``."""
     if denoise >= 1.0:
         return steps
-    return 0 if denoise <= 0.0 else int(steps / denoise)
+    return 0 if denoise <= 0.0 else steps / denoise
 
 
 def _object(value: Any, what: str) -> dict:

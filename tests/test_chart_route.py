@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
 
 import pytest
+import torch
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -118,9 +119,11 @@ BASIC = {"class_type": "BasicScheduler", "inputs": {"scheduler": "karras", "step
 # (id, body, status, words the error must contain)
 HOSTILE = [
     ("denoise 1e-5", sampler(steps=20, denoise=1e-5), 400,
-     ["AMDMSampler", "steps 20 with denoise 1e-05 schedule 1999999 steps", "at most 10000"]),
+     ["AMDMSampler", "steps 20 with denoise 1e-05 may schedule 1999999 steps", "at most 10000"]),
     ("steps 10000 denoise 0.01", sampler(steps=10000, denoise=0.01), 400,
-     ["schedule 1000000 steps", "at most 10000"]),
+     ["may schedule 1000000 steps", "at most 10000"]),
+    ("denoise 5e-324", sampler(steps=20, denoise=5e-324), 400,
+     ["AMDMSampler: steps 20 with denoise 5e-324 may schedule infinitely many steps", "at most 10000"]),
     ("steps 10001", sampler(steps=10001), 400, ["AMDMSampler: steps must lie in [1, 10000], got 10001"]),
     ("steps 1.5", sampler(steps=1.5), 400, ["steps must be a finite INT, got 1.5"]),
     ("denoise 2", sampler(denoise=2), 400, ["denoise must lie in [0.0, 1.0], got 2.0"]),
@@ -182,7 +185,14 @@ HOSTILE = [
     ("widget missing", graph({"4": {**BASIC, "inputs": {"scheduler": "karras", "steps": 12}}}, ["4", 0]), 400,
      ["BasicScheduler (node '4'): the denoise input is missing"]),
     ("BasicScheduler denoise 1e-5", graph({"4": {**BASIC, "inputs": {**BASIC["inputs"], "denoise": 1e-5}}}, ["4", 0]),
-     400, ["BasicScheduler (node '4'): steps 12 with denoise 1e-05 schedule 1200000 steps"]),
+     400, ["BasicScheduler (node '4'): steps 12 with denoise 1e-05 may schedule 1200000 steps"]),
+    # AlignYourStepsScheduler schedules `steps` and keeps steps * denoise of them, but nothing
+    # in its declaration says so: the chart counts steps / denoise, and says why.
+    ("AlignYourStepsScheduler denoise 0.001", graph({"1": {"class_type": "AlignYourStepsScheduler", "inputs": {
+        "model_type": "SD1", "steps": 20, "denoise": 0.001}}}, ["1", 0]), 400,
+     ["AlignYourStepsScheduler (node '1'): steps 20 with denoise 0.001 may schedule 20000 steps; the chart "
+      "schedules at most 10000 (it counts steps / denoise, as KSampler and BasicScheduler schedule, for any node "
+      "with steps and denoise inputs: it cannot tell before running one that it schedules fewer)"]),
     ("64 members x 10000 steps", {"schedule": {"end_percent": 1.0}, "members": [{"weight": 1.0}] * 64,
                                   "sigmas": {"sampler": {"steps": 10000, "scheduler": "simple"}}}, 400,
      ["10000 steps x 64 members make 640000 shares", "at most 100000"]),
@@ -236,6 +246,65 @@ def test_a_sigmas_node_making_too_many_steps_is_refused(routes) -> None:
     assert answer.status == 400
     assert answer.json()["error"] == ("ExtendIntermediateSigmas (node '2') gave 1000000 steps; "
                                       "the chart takes at most 10000")
+
+
+def third_party_scheduler(step_input: str, options: dict) -> type:
+    """A SIGMAS node as an installed pack may write one: its step count (``step_input``) declared
+    with ``options``, no max or one far above ComfyUI's. It records each run; it refuses more
+    than 10**7 steps itself, so that this test cannot take the machine's memory where the route
+    fails to bound them."""
+    class ThirdPartyScheduler:
+        CATEGORY = "amdm tests"
+        RETURN_TYPES = ("SIGMAS",)
+        FUNCTION = "get_sigmas"
+        runs: list[int] = []
+
+        @classmethod
+        def INPUT_TYPES(cls) -> dict:
+            return {"required": {step_input: ("INT", options)}}
+
+        def get_sigmas(self, **inputs: int) -> tuple:
+            steps = inputs[step_input]
+            self.runs.append(steps)
+            if steps > 10 ** 7:
+                raise RuntimeError(f"ThirdPartyScheduler would allocate {steps + 1} sigmas")
+            return (torch.linspace(14.6, 0.0, steps + 1),)
+
+    return ThirdPartyScheduler
+
+
+@pytest.mark.parametrize("step_input, options", [
+    ("steps", {"default": 20, "min": 1}),
+    ("steps", {"default": 20, "min": 1, "max": 2 ** 31 - 1}),
+    ("num_steps", {"default": 20, "min": 1, "max": 10 ** 12}),
+], ids=["steps without max", "steps max 2**31-1", "num_steps max 1e12"])
+def test_a_third_party_scheduler_is_bounded_whatever_it_declares(routes, comfy, monkeypatch, step_input,
+                                                                  options) -> None:
+    """1e9 steps, within what the node declares, are refused before it runs, naming the node
+    and the input; the chart's own bound, 10000, is charted."""
+    node = third_party_scheduler(step_input, options)
+    monkeypatch.setitem(comfy.nodes.NODE_CLASS_MAPPINGS, "ThirdPartyScheduler", node)
+    hostile = post_once(routes, graph({"1": {"class_type": "ThirdPartyScheduler",
+                                             "inputs": {step_input: 10 ** 9}}}, ["1", 0]))
+    logger.info("ThirdPartyScheduler %s 1e9: %d in %.3f s", step_input, hostile.status, hostile.seconds)
+    assert hostile.status == 400 and hostile.seconds < FAST_S
+    assert hostile.json() == {"error": f"ThirdPartyScheduler (node '1'): {step_input} must be at most 10000, the "
+                                       f"most the chart schedules whatever the node declares; got 1000000000"}
+    assert node.runs == []
+    bound = post_once(routes, graph({"1": {"class_type": "ThirdPartyScheduler",
+                                           "inputs": {step_input: 10000}}}, ["1", 0]))
+    assert bound.status == 200 and bound.json()["steps"] == 10000 and bound.json()["exact"] is True
+    assert node.runs == [10000]
+
+
+def test_align_your_steps_is_charted_up_to_the_conservative_bound(routes, comfy) -> None:
+    """steps / denoise at 10000 exactly: AlignYourStepsScheduler runs, and the chart shows the
+    steps * denoise it keeps."""
+    settings = {"model_type": "SD1", "steps": 100, "denoise": 0.01}
+    expected = comfy.run("AlignYourStepsScheduler", **settings)[0]
+    answer = post_once(routes, graph({"1": {"class_type": "AlignYourStepsScheduler", "inputs": settings}}, ["1", 0]))
+    assert answer.status == 200, answer.body
+    assert answer.json()["steps"] == 1 and answer.json()["sigmas"] == pytest.approx(expected.tolist(), rel=1e-6)
 
 
 def test_only_the_wired_sigmas_path_runs(routes, comfy, sd15) -> None:
@@ -398,9 +467,12 @@ def test_hostile_requests_leave_the_real_server_responsive(comfy_server) -> None
         logger.info("real server, %s: %d in %.3f s: %s", name, status, seconds, str(answer)[:120])
     logger.info("real server, /system_stats meanwhile: %d answers, slowest %.3f s", len(stats),
                 max(seconds for _, seconds in stats))
-    assert answers["denoise 1e-5"][0] == (400, {"error": "AMDMSampler: steps 20 with denoise 1e-05 schedule "
-                                                         "1999999 steps (steps / denoise); the chart computes at "
-                                                         "most 10000"})
+    assert answers["denoise 1e-5"][0] == (400, {"error": "AMDMSampler: steps 20 with denoise 1e-05 may schedule "
+                                                         "1999999 steps; the chart schedules at most 10000 (it "
+                                                         "counts steps / denoise, as KSampler and BasicScheduler "
+                                                         "schedule, for any node with steps and denoise inputs: "
+                                                         "it cannot tell before running one that it schedules "
+                                                         "fewer)"})
     assert answers["4000 members"][0] == (400, {"error": "members has 4000 entries; the chart takes at most 64"})
     assert answers["10 MB body"][0] == (413, {"error": "the body is larger than 65536 bytes"})
     (status, answer), _ = answers.pop("slow valid chart")
