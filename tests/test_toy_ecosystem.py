@@ -382,8 +382,11 @@ def test_outputs_are_written_in_the_documented_schema(short_study, tmp_path: Pat
     assert result["handoff"]["images_per_ecosystem"] == REQUESTS * config.handoff_seeds
     assert [row["evals_per_image"] for row in handoff_rows] == [40.0, 40.0, 48.0, 48.0]
     assert all(len(row["joint"]["per_ecosystem"]) == len(ECOSYSTEMS) for row in handoff_rows)
-    handoff = run.handoff_text(outcome, config, "###")
-    assert "bit for bit" in handoff and "identical latents" in handoff
+    shared = [s.row.name for s in outcome.handoff if s.row.handoff and s.row.handoff.noise_mode == "shared"]
+    assert result["handoff"]["shared_noise"] == {"pairs": 1, "identical_latents": shared}
+    handoff = run.handoff_text(result, config, "###")
+    assert "bit for bit" in handoff and "identical latents" in handoff and "### What this means" in handoff
+    assert handoff in text
     with Image.open(paths["handoff"]) as image:
         assert image.width > 600 and image.height > 300
 
@@ -407,19 +410,46 @@ def test_the_results_page_shows_the_committed_results(pack) -> None:
         assert " / ".join(f"{value:.2f}" for value in joint["per_ecosystem"]) in line, line
 
 
-def test_the_handoff_page_shows_the_committed_results(pack) -> None:
-    """docs/handoff.md's tables are the main job's: every handoff row of the committed JSON
-    appears there with its evaluations, joint accuracy and per-ecosystem values."""
-    from benchmarks.toy_ecosystem import run
+def test_the_handoff_page_is_written_from_the_committed_results(pack, tmp_path: Path) -> None:
+    """docs/handoff.md's results, its reading included, are what the main job writes from
+    the committed JSON: rewriting them from it changes no byte; every handoff row appears with
+    its evaluations, joint accuracy and realism, and the reading states the JSON's realism."""
+    from benchmarks.toy_ecosystem import run, study
 
-    page = run.HANDOFF_PAGE.read_text(encoding="utf-8")
-    block = page[page.index(run.HANDOFF_BEGIN):page.index(run.HANDOFF_END)]
+    committed = run.HANDOFF_PAGE.read_text(encoding="utf-8")
     result = json.loads((comfy_env.REPO_ROOT / "benchmarks" / "results" / "toy_ecosystem.json").read_text())
+    page = tmp_path / "handoff.md"
+    page.write_text(committed[:committed.index(run.HANDOFF_BEGIN)] + f"{run.HANDOFF_BEGIN}\nold results\n"
+                    + committed[committed.index(run.HANDOFF_END):], encoding="utf-8")
+    run.replace_between(page, run.HANDOFF_BEGIN, run.HANDOFF_END, run.handoff_text(result, study.StudyConfig(), "###"))
+    assert page.read_text(encoding="utf-8") == committed
+
+    block = committed[committed.index(run.HANDOFF_BEGIN):committed.index(run.HANDOFF_END)]
+    table, reading = block.split("### What this means")
     rows = result["handoff"]["rows"]
-    lines = [line for line in block.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(lines) == len(rows)
     for line, row in zip(lines, rows):
         assert line.startswith(f"| {row['number']} | {row['group']} | {row['method']} | "
                                f"{row['evals_per_image']:.0f} |"), line
         assert f"**{row['joint']['mean']:.2f}**" in line, line
         assert " / ".join(f"{value:.2f}" for value in row["joint"]["per_ecosystem"]) in line, line
+        assert line.endswith(f" | {row['realism']['mean']:.3f} |"), line
+    # Every row but the base is at the ceiling in every ecosystem, so the reading rests on realism.
+    below = [row["method"] for row in rows if any(value < 1.0 for value in row["joint"]["per_ecosystem"])]
+    assert below == ["base (unconditional)"]
+    assert "at its ceiling (1.00) for every row but row 1, base (unconditional)" in reading
+    switch = next(row for row in rows if row["group"] == "handoff preset")
+    assert switch["method"].startswith("hard switch")
+    assert f"realism {switch['realism']['mean']:.3f}, per ecosystem " + " / ".join(
+        f"{value:.3f}" for value in switch["realism"]["per_ecosystem"]) in reading
+    overlaps = [row for row in rows if row["method"].startswith("overlap")]
+    assert all(x > y for row in overlaps for x, y in zip(row["realism"]["per_ecosystem"],
+                                                         switch["realism"]["per_ecosystem"]))
+    assert "**When an overlap helps:** in this study, never" in reading
+    for row in overlaps:
+        costs = [round(x - y, 3) + 0.0 for x, y in zip(row["realism"]["per_ecosystem"],
+                                                       switch["realism"]["per_ecosystem"])]
+        low, high = f"{min(costs):+.3f}", f"{max(costs):+.3f}"
+        assert (low if low == high else f"{low} to {high}") in reading, row["method"]
+    assert "19 candidates" not in committed and "not among the committed results" in reading

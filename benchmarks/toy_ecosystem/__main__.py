@@ -4,7 +4,8 @@ members, the noise-level experts' handoff), and writes the markdown tables,
 benchmarks/results/toy_ecosystem.json, the frontier plots and the grid of samples
 (docs/images/toy_*.png); with the default ecosystems and seeds it also rewrites
 docs/toy_ecosystem.md's copy of the member tables and docs/handoff.md's copy of the handoff
-tables. Prints the markdown."""
+tables and their reading (written from the JSON; --handoff-page rewrites only that, from the
+committed JSON). Prints the markdown."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def parse_args() -> argparse.Namespace:
                         help="the whole study: first choose the presets on the development ecosystems "
                              f"{', '.join(map(str, DEVELOPMENT_SEEDS))} by the rule in study.py (a candidate "
                              "grid), then report them")
+    parser.add_argument("--handoff-page", action="store_true",
+                        help="only rewrite docs/handoff.md's results from the committed "
+                             "benchmarks/results/toy_ecosystem.json (no sampling; what the main job does after "
+                             "writing the JSON)")
     parser.add_argument("--retrain", action="store_true",
                         help="train the ecosystems on this machine (cached outside the repository, about 5 "
                              "minutes per ecosystem on one CPU core) instead of using the shipped weights")
@@ -48,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.ship_weights and not (args.retrain or args.retrain_experts):
         parser.error("--ship-weights needs --retrain or --retrain-experts")
+    if args.handoff_page and (args.full or args.retrain or args.retrain_experts or args.out is not None):
+        parser.error("--handoff-page writes the page from the committed results alone: it takes no --full, "
+                     "--retrain, --retrain-experts or --out")
     if args.retrain and args.retrain_experts:
         parser.error("--retrain already retrains the experts (from the retrained bases)")
     return args
@@ -73,6 +81,9 @@ def main() -> None:
     comfy.utils.set_progress_bar_enabled(False)  # one progress bar: the study's
     started = time.monotonic()
     config = study.StudyConfig(seeds=args.seeds, handoff_seeds=args.handoff_seeds)
+    if args.handoff_page:
+        print(run.write_handoff_page(run.RESULTS_DIR / "toy_ecosystem.json", config))
+        return
     outcome = run.run_study(config, tuple(args.ecosystems), full=args.full, retrain=args.retrain,
                             retrain_experts=args.retrain_experts, ship=args.ship_weights)
     directories = {} if args.out is None else {"results_dir": args.out, "images_dir": args.out}
@@ -81,8 +92,7 @@ def main() -> None:
             and (args.seeds, args.handoff_seeds) == (SEEDS_PER_REQUEST, HANDOFF_SEEDS_PER_REQUEST)):
         paths["results page"] = run.replace_between(run.RESULTS_PAGE, run.RESULTS_BEGIN, run.RESULTS_END,
                                                     run.results_text(outcome, config, "###"))
-        paths["handoff page"] = run.replace_between(run.HANDOFF_PAGE, run.HANDOFF_BEGIN, run.HANDOFF_END,
-                                                    run.handoff_text(outcome, config, "###"))
+        paths["handoff page"] = run.write_handoff_page(paths["json"], config)
     logging.getLogger(__name__).info("%.0f s; wrote %s", time.monotonic() - started,
                                      ", ".join(str(path) for path in paths.values()))
     print(paths["markdown"].read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from . import task
+from .rows import Row
 from .study import METRICS, RowSummary, Statistic
 
 DIGITS = 4
@@ -51,6 +53,23 @@ def rows_json(summaries: Sequence[RowSummary], first_number: int) -> list[dict]:
              "joint_aspects": list(s.aspects), "evals_per_image": round(s.evaluations_per_image, DIGITS),
              **{name: _statistic_json(s.metrics[name]) for name in METRICS}}
             for number, s in enumerate(summaries, start=first_number)]
+
+
+def _statistic_from_json(entry: dict) -> Statistic:
+    error = entry["standard_error"]
+    return Statistic(entry["mean"], math.nan if error is None else error, tuple(entry["per_ecosystem"]))
+
+
+def summaries_from_json(entries: Sequence[dict], known: Sequence[Row]) -> list[RowSummary]:
+    """The inverse of rows_json, without the latents: the summaries as the JSON holds them
+    (rounded), each with the row of ``known`` of its name (in the group the JSON gives)."""
+    by_name = {row.name: row for row in known}
+    unknown = [entry["method"] for entry in entries if entry["method"] not in by_name]
+    if unknown:
+        raise ValueError(f"rows not among the known rows: {'; '.join(unknown)}")
+    return [RowSummary(replace(by_name[entry["method"]], group=entry["group"]), tuple(entry["joint_aspects"]),
+                       entry["evals_per_image"], {name: _statistic_from_json(entry[name]) for name in METRICS}, ())
+            for entry in entries]
 
 
 def write_json(path: Path, content: dict) -> None:

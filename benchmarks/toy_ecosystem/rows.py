@@ -306,11 +306,16 @@ def describe_handoff(handoff: Handoff, settings: SamplingSettings = SETTINGS) ->
     else:
         steps = overlap_steps(handoff.overlap, settings)
         where = f"overlap {handoff.overlap:g} (steps {steps.start}-{steps.stop - 1})"
-    how = {"chain": "KSamplerAdvanced chain", "score sum": "score sum of both experts' guidance",
-           "ranges": "the pack's member ranges" + ("" if handoff.overlap == 0.0 else
-                                                   f", {handoff.aggregation}, {handoff.noise_mode} noise, "
-                                                   f"{handoff.guidance} guidance")}[handoff.combine]
-    return f"{where}, {how}"
+    return f"{where}, {describe_combining(handoff)}"
+
+
+def describe_combining(handoff: Handoff) -> str:
+    """How a handoff combines the experts (a hard switch through the pack's ranges aggregates
+    nothing, so it names no aggregation settings)."""
+    return {"chain": "KSamplerAdvanced chain", "score sum": "score sum of both experts' guidance",
+            "ranges": "the pack's member ranges" + ("" if handoff.overlap == 0.0 else
+                                                    f", {handoff.aggregation}, {handoff.noise_mode} noise, "
+                                                    f"{handoff.guidance} guidance")}[handoff.combine]
 
 
 def expert_alone_row(name: str, settings: SamplingSettings = SETTINGS) -> Row:
