@@ -95,11 +95,12 @@ def spans_of(active: Sequence[range], n_steps: int) -> list[Span]:
 
 
 def range_errors(spans: Sequence[Span], active: Sequence[range], ranges: Sequence[Optional[StepRange]],
-                 labels: Sequence[str], target: int, sigmas: Sequence[float],
+                 weights: Sequence[float], labels: Sequence[str], target: int, sigmas: Sequence[float],
                  percent_to_sigma: Callable[[float], float]) -> list[str]:
     """Why a run cannot be sampled as its ranges say: a member with a range of its own that
-    holds none of the run's steps, a step no member covers, a target that is not active at
-    the last step. Empty when the run is sound."""
+    holds none of the run's steps, a step no member covers, members that aggregate with
+    weights that are all 0 (no merge is defined), a target that is not active at the last
+    step. Empty when the run is sound."""
     n_steps = max(len(sigmas) - 1, 0)
     if n_steps == 0:
         return []
@@ -117,6 +118,10 @@ def range_errors(spans: Sequence[Span], active: Sequence[range], ranges: Sequenc
             errors.append(f"steps {span.steps.start} to {span.steps.stop - 1} (progress "
                           f"{progress(span.steps.start)} to {progress(span.steps.stop - 1)}) are in "
                           f"no member's range")
+        elif span.aggregated and not any(weights[m] > 0 for m in span.members):
+            errors.append(f"{' and '.join(labels[m] for m in span.members)} aggregate at steps "
+                          f"{span.steps.start} to {span.steps.stop - 1}, but their weights are all 0: "
+                          f"give one of them a positive weight, or let their ranges not overlap")
     if (n_steps - 1) not in active[target]:
         errors.append(f"the target, {labels[target]}, is not active at the last step "
                       f"({n_steps - 1}): the image is the target's latent, so its range must "

@@ -201,15 +201,21 @@ class _Run:
         session = self.sessions.pop(index)
         session.release(keep_controls=set().union(*(s.controls() for s in self.sessions.values())))
         self.finished.append(session)
-        if comfy.model_management.vram_state in (comfy.model_management.VRAMState.LOW_VRAM,
-                                                 comfy.model_management.VRAMState.NO_VRAM):
-            self.give_back_finished()  # where memory is short, at once
+        # At once while other members still run (or where memory is short); after the run's
+        # last member, ComfyUI's model management keeps it loaded, as it keeps KSampler's.
+        if self.sessions or self.later() or comfy.model_management.vram_state in (
+                comfy.model_management.VRAMState.LOW_VRAM, comfy.model_management.VRAMState.NO_VRAM):
+            self.give_back_finished()
+
+    def later(self) -> list[int]:
+        """The members that step later in this run and are not open yet."""
+        return [i for i, steps in enumerate(self.plan.active)
+                if steps and i not in self.sessions and i not in self.closed]
 
     def give_back_finished(self) -> None:
         """Unload the weights of finished members that no open or later member uses (their
         memory goes back to ComfyUI's model management)."""
-        in_use = [s.patcher for s in self.sessions.values()] + \
-            [self.models[i] for i in range(len(self.members)) if i not in self.sessions and i not in self.closed]
+        in_use = [s.patcher for s in self.sessions.values()] + [self.models[i] for i in self.later()]
         kept = []
         for session in self.finished:
             if any(shares_weights_storage(session.patcher, other) for other in in_use):
@@ -219,8 +225,17 @@ class _Run:
         self.finished = kept
 
     def close_all(self) -> None:
+        """Release every open session, each even if another's release fails (the first
+        error is raised once all are released)."""
+        errors = []
         for index in reversed(list(self.sessions)):
-            self.close(index)
+            try:
+                self.close(index)
+            except Exception as error:  # noqa: BLE001 - logged, the first re-raised below
+                logger.error("releasing %s failed", member_label(index, self.members[index].name), exc_info=error)
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     # --- the run
 
@@ -244,9 +259,14 @@ class _Run:
                     sigmas = self.sigmas[stage.steps.start:stage.steps.stop + 1]
                     run = self.single_stage if stage.single else self.stepped_stage
                     latent = run(stage, noise, latent, sigmas, _offset_callback(on_step, stage.steps.start))
-            return latent
-        finally:
-            self.close_all()
+        except BaseException:
+            # The run's own error (an interrupt, say) is the one to raise; a release that
+            # fails after it is logged by close_all.
+            with contextlib.suppress(Exception):
+                self.close_all()
+            raise
+        self.close_all()
+        return latent
 
     def single_stage(self, stage: Stage, noise: torch.Tensor, latent: torch.Tensor,
                      sigmas: torch.Tensor, callback: Callback) -> torch.Tensor:
@@ -505,8 +525,8 @@ class AMDMGuider(comfy.samplers.CFGGuider):
         ranges = [m.step_range for m in self.members]
         active = member_steps(sigma_list, sampling.percent_to_sigma, ranges, self.schedule)
         spans = spans_of(active, n_steps)
-        errors = range_errors(spans, active, ranges, self.labels, self.target_index, sigma_list,
-                              sampling.percent_to_sigma)
+        errors = range_errors(spans, active, ranges, [m.weight for m in self.members], self.labels,
+                              self.target_index, sigma_list, sampling.percent_to_sigma)
         if errors:
             raise ValueError(f"{self.node}: " + "; ".join(errors))
         idle = [label for label, own, steps in zip(self.labels, ranges, active) if own is None and not steps]

@@ -603,7 +603,7 @@ def chart(request: ChartRequest, deadline: float) -> dict:
             target = schedule.target_member - 1
             active = member_steps(sigma_list, percent_to_sigma, ranges, schedule)
             spans = spans_of(active, steps)
-            errors = range_errors(spans, active, ranges, [f"member {m + 1}" for m in range(len(weights))],
+            errors = range_errors(spans, active, ranges, weights, [f"member {m + 1}" for m in range(len(weights))],
                                   target, sigma_list, percent_to_sigma)
             answer["problem"] = "; ".join(errors) or None
             windows = window_plans(spans, weights, [1.0] * len(weights), target, schedule)

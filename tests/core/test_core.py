@@ -244,13 +244,24 @@ def test_bad_ranges_are_errors_naming_the_member():
     labels = ["member 1", "member 2", "member 3"]
     ranges = [StepRange(0.0, 0.3), StepRange(0.5, 1.0), StepRange(0.95, 1.0)]
     active = member_steps(SIX_STEPS, _flow_percent_to_sigma, ranges, Schedule(target_member=2))
-    errors = range_errors(spans_of(active, 6), active, ranges, labels, 1, SIX_STEPS, _flow_percent_to_sigma)
+    errors = range_errors(spans_of(active, 6), active, ranges, [1.0] * 3, labels, 1, SIX_STEPS,
+                          _flow_percent_to_sigma)
     assert any(e.startswith("member 3: its range [0.95, 1.0) holds none") for e in errors)
     assert any(e.startswith("steps 2 to 2 (progress 0.300 to 0.300) are in no member's range") for e in errors)
     target_first = member_steps(SIX_STEPS, _flow_percent_to_sigma, ranges[:2], Schedule(target_member=1))
-    errors = range_errors(spans_of(target_first, 6), target_first, ranges[:2], labels, 0, SIX_STEPS,
+    errors = range_errors(spans_of(target_first, 6), target_first, ranges[:2], [1.0] * 2, labels, 0, SIX_STEPS,
                           _flow_percent_to_sigma)
     assert any("the target, member 1, is not active at the last step" in e for e in errors)
+    # members that overlap with weights all 0 have no merge (a third member weighs 1 elsewhere)
+    overlapping = [StepRange(0.0, 0.6), StepRange(0.4, 1.0), StepRange(0.0, 0.2)]
+    active = member_steps(SIX_STEPS, _flow_percent_to_sigma, overlapping, Schedule(target_member=2))
+    spans = spans_of(active, 6)
+    overlap = next(span for span in spans if span.members == (0, 1))
+    errors = range_errors(spans, active, overlapping, [0.0, 0.0, 1.0], labels, 1, SIX_STEPS, _flow_percent_to_sigma)
+    assert errors == [f"member 1 and member 2 aggregate at steps {overlap.steps.start} to {overlap.steps.stop - 1}, "
+                      f"but their weights are all 0: give one of them a positive weight, or let their ranges "
+                      f"not overlap"]
+    assert range_errors(spans, active, overlapping, [0.0, 0.5, 1.0], labels, 1, SIX_STEPS, _flow_percent_to_sigma) == []
     assert EVERY_STEP == StepRange()
 
 
