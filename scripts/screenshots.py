@@ -5,9 +5,10 @@ frontend (the one `bash scripts/setup.sh --browser` installs for the browser tes
 in headless Debian Chromium and writes:
 
 * docs/images/<workflow>.png: each example graph, on the classic canvas;
-* workflows/<workflow>.jpg: the cards of ComfyUI's template browser: the graph under the
+* workflows/<workflow>.jpg: the cards of ComfyUI's template browser: the graph above the
   title and one-line description of workflows/templates/index.json (the frontends show a
-  custom node's template by its file name only, so the picture carries the rest);
+  custom node's template by its file name only, so the picture carries the rest; see
+  workflows/README.md);
 * docs/images/schedule_chart.png: the AggregationSchedule node of the three-member example;
 * docs/images/schedule_chart_ranges.png: the two-member example's chart with member ranges
   of their own: a hard handoff and an aggregated overlap;

@@ -11,6 +11,7 @@ page logged nothing from the pack's files in the meantime.
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -274,6 +275,18 @@ class ComfyPage:
         self.page.mouse.move(5, VIEWPORT["height"] - 5)
         self.page.wait_for_timeout(400)
 
+    def drag_node(self, node_id: int, dx: int, dy: int) -> None:
+        """Move a node by dragging its title bar, as a user does, in either renderer."""
+        rect = self.frame_node(node_id)
+        x, y = rect["x"] + 60, rect["y"] + 12
+        self.page.mouse.move(x, y)
+        self.page.mouse.down()
+        self.page.mouse.move(x + dx, y + dy, steps=8)
+        self.page.mouse.up()
+        self.page.evaluate("() => app.canvas.deselectAll()")
+        self.page.mouse.move(5, VIEWPORT["height"] - 5)
+        self.page.wait_for_timeout(400)
+
     def widget_value(self, node_id: int, widget_name: str) -> Any:
         return self.page.evaluate(
             "([id, name]) => app.graph.getNodeById(id).widgets.find((w) => w.name === name).value",
@@ -368,6 +381,10 @@ class ComfyPage:
                 return view
             assert time.monotonic() < deadline, f"the chart did not update: {view}"
             self.page.wait_for_timeout(200)
+
+    def frontend_api_url(self) -> str:
+        """The frontend's api module, as the pack's extension imports it."""
+        return self.page.evaluate("(url) => new URL('../../../scripts/api.js', new URL(url, location.href)).href", self.extension_url("amdm.js"))
 
     def extension_url(self, file_name: str) -> str:
         """The URL the frontend imported one of the pack's extension files from."""
@@ -489,6 +506,7 @@ def session(request: pytest.FixtureRequest, browser: Browser) -> Iterator[Fronte
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_workflow_loads_with_every_node_type(session: FrontendSession, name: str) -> None:
+    logged = len(session.page.log.errors)
     session.page.load(load_ui_workflow(name))
     assert session.page.missing_node_types() == []
     # The frontend's own conversion of the loaded graph is the shipped API file (which may
@@ -503,6 +521,8 @@ def test_workflow_loads_with_every_node_type(session: FrontendSession, name: str
         assert frame["scale"] >= 0.6, frame  # text stays readable
         assert 0 <= frame["left"] and frame["right"] <= frame["width"], frame
         assert 0 <= frame["top"] and frame["bottom"] <= frame["height"], frame
+    session.page.page.wait_for_timeout(500)  # the chart's first answer
+    assert session.page.log.errors[logged:] == []
 
 
 def test_schedule_chart_follows_end_percent(session: FrontendSession) -> None:
@@ -597,23 +617,29 @@ def test_only_the_charts_inputs_are_hooked(session: FrontendSession) -> None:
 
 
 def test_chart_request_is_built_only_when_an_input_changes(session: FrontendSession) -> None:
-    """Redraws read the chart's last answer; only an edit reads the graph and serialises a
-    request again."""
+    """Redraws read the chart's last answer, and edits of what the chart does not read (a
+    node moved, another node's widget) build no request, though the workflow's change tracker
+    reports them; an edit of the chart's input reads the graph and serialises a request again."""
     page = session.page
     page.load(load_ui_workflow("amdm_two_members"))
     schedule = page.node_id("AggregationSchedule")
     page.chart_view(schedule)
     page.frame_node(schedule)
-    # Count the request bodies serialised from now on.
-    page.page.evaluate("""() => {
+    # Count the request bodies serialised from now on, and the change tracker's reports.
+    page.page.evaluate("""async (apiUrl) => {
+        const { api } = await import(apiUrl);
         const stringify = JSON.stringify;
         window.amdmTestRequests = 0;
+        window.amdmTestGraphChanges = 0;
         window.amdmTestStringify = stringify;
+        window.amdmTestCountChange = () => window.amdmTestGraphChanges++;
+        api.addEventListener("graphChanged", window.amdmTestCountChange);
         JSON.stringify = function (value, ...rest) {
             if (value && typeof value === "object" && "schedule" in value && "members" in value) window.amdmTestRequests++;
             return stringify.call(this, value, ...rest);
         };
-    }""")
+    }""", page.frontend_api_url())
+    counts = "() => [window.amdmTestRequests, window.amdmTestGraphChanges]"
     try:
         for _ in range(10):
             page.page.evaluate("""(id) => {
@@ -621,12 +647,29 @@ def test_chart_request_is_built_only_when_an_input_changes(session: FrontendSess
                 for (const widget of app.graph.getNodeById(id).widgets) widget.triggerDraw?.();
             }""", schedule)
             page.page.wait_for_timeout(50)
-        assert page.page.evaluate("() => window.amdmTestRequests") == 0
+        assert page.page.evaluate(counts) == [0, 0]
+
+        # Another node moved, and a widget the chart does not read edited, as a user does.
+        decode = page.node_id("VAEDecode")
+        before = page.page.evaluate("(id) => [...app.graph.getNodeById(id).pos]", decode)
+        page.drag_node(decode, 120, 60)
+        after = page.page.evaluate("(id) => [...app.graph.getNodeById(id).pos]", decode)
+        assert after[0] - before[0] == pytest.approx(120, abs=10) and after[1] - before[1] == pytest.approx(60, abs=10)
+        requests, changes = page.page.evaluate(counts)
+        assert changes >= 1 and requests == 0
+        latent = page.node_id("EmptyLatentImage")
+        page.type_into_widget(latent, "width", "640")
+        assert page.widget_value(latent, "width") == 640
+        assert page.page.evaluate(counts)[0] == 0
 
         page.type_into_widget(schedule, "end_percent", "0.6")
-        assert page.page.evaluate("() => window.amdmTestRequests") >= 1
+        assert page.page.evaluate(counts)[0] >= 1
     finally:
-        page.page.evaluate("() => { JSON.stringify = window.amdmTestStringify; }")
+        page.page.evaluate("""async (apiUrl) => {
+            const { api } = await import(apiUrl);
+            api.removeEventListener("graphChanged", window.amdmTestCountChange);
+            JSON.stringify = window.amdmTestStringify;
+        }""", page.frontend_api_url())
     assert page.chart_view(schedule)["inWindow"] == list(range(15))
 
 
@@ -709,29 +752,48 @@ def test_chart_shows_member_ranges_and_handoffs(session: FrontendSession, pack, 
 
 def test_badges_follow_a_renderer_switch(browser: Browser, current_frontend_server: ComfyServer) -> None:
     """Nodes 2.0 switched on with a graph open on the classic canvas, its ModelStack nodes
-    off screen at the switch: their badges show without loading the graph again."""
+    off screen at the switch, and switched off again: their badges show in each renderer
+    without loading the graph again, and back on the classic canvas the badge row under
+    Nodes 2.0 takes no room."""
     page = ComfyPage(browser, current_frontend_server.url, Frontend(True, "classic"))
+
+    def switch(renderer: str) -> None:
+        page.page.evaluate("() => { app.canvas.ds.offset = [-5000, -5000]; app.canvas.setDirty(true, true); }")
+        page.page.wait_for_timeout(300)
+        page.set_setting("Comfy.VueNodes.Enabled", renderer == "vue")
+        page.frontend = Frontend(True, renderer)
+        page.page.wait_for_timeout(1000)
+        assert page.page.evaluate("() => LiteGraph.vueNodesMode") == (renderer == "vue")
+
+    def stack_sizes() -> list[list[float]]:
+        return page.page.evaluate("(ids) => ids.map((id) => [...app.graph.getNodeById(id).size])", stacks)
+
     try:
         page.load(load_ui_workflow("amdm_two_members"))
         stacks = page.stack_node_ids()
-        page.page.evaluate("() => { app.canvas.ds.offset = [-5000, -5000]; app.canvas.setDirty(true, true); }")
-        page.page.wait_for_timeout(300)
-        page.set_setting("Comfy.VueNodes.Enabled", True)
-        page.frontend = Frontend(True, "vue")
-        page.page.wait_for_timeout(1000)
-        for index, node_id in enumerate(stacks):
-            image = page.node_image(node_id, f"switched_member_{index + 1}.png")
-            assert colour_pixels(image, MEMBER_RGB[index], 12) > 150, f"no badge on member {index + 1}"
+        classic_sizes = stack_sizes()
+        for renderer in ("vue", "classic"):
+            switch(renderer)
+            for index, node_id in enumerate(stacks):
+                image = page.node_image(node_id, f"switched_{renderer}_member_{index + 1}.png")
+                assert colour_pixels(image, MEMBER_RGB[index], 12) > 150, f"no badge on member {index + 1} ({renderer})"
+        assert stack_sizes() == classic_sizes
         assert page.log.from_pack() == []
     finally:
         page.close()
 
 
+def template_cards() -> list[dict]:
+    """The pack's template cards (title, one-line description), in card order: the order the
+    pack's extension gives the template browser, and the captions of the cards' pictures."""
+    return [card for category in json.loads(TEMPLATE_INDEX.read_text(encoding="utf-8"))
+            for card in category["templates"]]
+
+
 def test_template_cards_describe_every_example() -> None:
     """Every example has a card (title, one-line description), the minimal one first; its
     picture is square, as both frontends show template pictures."""
-    categories = json.loads(TEMPLATE_INDEX.read_text(encoding="utf-8"))
-    cards = [card for category in categories for card in category["templates"]]
+    cards = template_cards()
     assert cards[0]["name"] == "amdm_two_members"
     assert sorted(card["name"] for card in cards) == WORKFLOW_NAMES
     for card in cards:
@@ -741,34 +803,69 @@ def test_template_cards_describe_every_example() -> None:
 
 
 def test_template_browser_shows_the_cards(session: FrontendSession) -> None:
-    """The frontend's template browser lists the pack's examples, with square card pictures."""
+    """The frontend's template browser shows the pack's examples in card order, the minimal
+    one first, each card under its file name (all the frontends show of a custom node's
+    template) with its own square picture, which carries the card's title and description."""
     page = session.page
-    served = []
+    served: dict[str, int] = {}
 
     def record(response: Any) -> None:
-        if f"/workflow_templates/{PACK_DIR_NAME}/" in response.url:
-            served.append(response)
+        if f"/workflow_templates/{PACK_DIR_NAME}/" in response.url and response.url.endswith(".jpg"):
+            served[response.url] = response.status
 
     page.page.on("response", record)
     try:
         page.page.evaluate("async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
         dialog = page.page.locator(".p-dialog, [role=dialog]").last
         dialog.get_by_text(PACK_DIR_NAME, exact=True).first.click(timeout=15_000)
-        for name in WORKFLOW_NAMES:  # each card's title is its file name
-            dialog.get_by_text(name, exact=True).first.wait_for(timeout=15_000)
+        for name in WORKFLOW_NAMES:
+            dialog.locator(f'[data-testid="template-workflow-{name}"]').first.wait_for(timeout=15_000)
         page.page.wait_for_timeout(1000)
-        # The frontends load card pictures as blobs, the visible ones first.
-        pictures = page.page.evaluate("""() => [...document.querySelectorAll("img[src^='blob:']")]
-            .filter((picture) => picture.complete && picture.naturalWidth > 0)
-            .map((picture) => [picture.naturalWidth, picture.naturalHeight])""")
+        # What each card shows, in the order the browser lays the cards out: its text, and its
+        # picture (the frontends load card pictures as blobs, the visible ones first).
+        shown = dialog.evaluate("""async (dialog) => {
+            const cards = [...dialog.querySelectorAll("[data-testid^='template-workflow-']")]
+                .filter((card) => card.dataset.testid !== "template-workflow-detail");
+            return cards.map((card) => {
+                const picture = [...card.querySelectorAll("img[src^='blob:']")]
+                    .find((img) => img.complete && img.naturalWidth > 0);
+                let png = null;
+                if (picture) {  // the picture as the page decoded it (the blob URL may be revoked)
+                    const canvas = document.createElement("canvas");
+                    canvas.width = picture.naturalWidth;
+                    canvas.height = picture.naturalHeight;
+                    canvas.getContext("2d").drawImage(picture, 0, 0);
+                    png = canvas.toDataURL("image/png");
+                }
+                const title = card.querySelector("h3");
+                const description = title?.nextElementSibling?.tagName === "P" ? title.nextElementSibling.innerText : null;
+                return {name: card.dataset.testid.replace("template-workflow-", ""), title: title?.innerText, description, png};
+            });
+        }""")
         (ARTIFACTS / f"{page.frontend}_templates.png").write_bytes(page.page.screenshot())
     finally:
         page.page.remove_listener("response", record)
         page.page.keyboard.press("Escape")
         page.dismiss_dialogs()
-    jpgs = {response.url.rsplit("/", 1)[-1]: response.status for response in served if response.url.endswith(".jpg")}
-    assert jpgs and set(jpgs) <= {f"{name}.jpg" for name in WORKFLOW_NAMES} and set(jpgs.values()) == {200}, jpgs
-    assert len(pictures) >= 2 and all(width == height for width, height in pictures), pictures
+    assert [card["name"] for card in shown] == [card["name"] for card in template_cards()]
+    for card in shown:
+        # The card's title is the file name; 1.27 repeats it as the description, with spaces.
+        assert card["title"] == card["name"], card
+        assert card["description"] in (None, card["name"].replace("_", " ")), card
+    files = {name: np.asarray(Image.open(REPO_ROOT / "workflows" / f"{name}.jpg").convert("RGB"), dtype=np.int16)
+             for name in WORKFLOW_NAMES}
+    pictures = [card for card in shown if card["png"]]
+    assert len(pictures) >= 2, [card["name"] for card in shown]
+    for card in pictures:
+        png = base64.b64decode(card["png"].split(",", 1)[1])
+        picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+        assert picture.shape[0] == picture.shape[1], card["name"]
+        # Its own picture: the file it names, as closely as two JPEG decoders agree.
+        distance = {name: float(np.abs(picture - pixels).mean()) if pixels.shape == picture.shape else np.inf
+                    for name, pixels in files.items()}
+        assert min(distance, key=distance.get) == card["name"] and distance[card["name"]] < 2, (card["name"], distance)
+    assert served and set(served.values()) == {200}, served
+    assert {url.rsplit("/", 1)[-1] for url in served} <= {f"{name}.jpg" for name in WORKFLOW_NAMES}
 
 
 def test_help_pages_show_as_lists(session: FrontendSession) -> None:

@@ -1,10 +1,12 @@
-// When the charts and badges read the graph again: only when something they show may have
-// changed. The pack's nodes report their link changes; the change tracker's graphChanged
-// event reports edits anywhere (links, undo, pasted nodes); and the widgets a chart or a
-// badge depends on (the pack's nodes' own, and the sampler, SIGMAS, ModelSampling, loader
-// and primitive nodes on a schedule's paths) get their callback wrapped, so that an edit
-// redraws at once. No other node's widgets are touched: a graph without the pack's nodes
-// has no wrapped callback.
+// When the charts and badges read the graph again: only when an input of theirs may have
+// changed. The widgets a chart or a badge depends on (the pack's nodes' own, and the
+// sampler, SIGMAS, ModelSampling, loader and primitive nodes on a schedule's paths) get their
+// callback wrapped, so that an edit redraws at once; the pack's nodes report their link
+// changes; a loaded graph (undo included) and a new pack node are read in full. The change
+// tracker's graphChanged event, which reports every edit (a node moved, a widget of any
+// node), reads the graph only when it shows another graph or its links changed (a link
+// between other nodes may lie on a schedule's paths). No other node's widgets are touched:
+// a graph without the pack's nodes has no wrapped callback.
 import { app } from "../../../../scripts/app.js";
 import { chartRequest } from "./graph.js";
 import { requestChart } from "./route.js";
@@ -58,9 +60,26 @@ function widgetsOf(feeds) {
   return widgets;
 }
 
+function shownGraph() {
+  return app.canvas?.graph ?? app.graph;
+}
+
+/**
+ * What a link change alters in a graph: a new link takes the next link id, a removed link
+ * lowers the count.
+ */
+function linksKey(graph) {
+  return `${graph?.last_link_id}/${graph?.links?.size}`;
+}
+
+/** The graph the view read last, and its linksKey then. */
+const lastRead = { graph: null, links: null };
+
 /** Reads the shown graph again: every chart's request (sent if it changed), every badge. */
 function readGraphView() {
-  const graph = app.canvas?.graph ?? app.graph;
+  const graph = shownGraph();
+  lastRead.graph = graph;
+  lastRead.links = linksKey(graph);
   const feeds = [];
   for (const node of graph?.nodes ?? []) {
     try {
@@ -89,4 +108,10 @@ export function refreshGraphView() {
     refreshQueued = false;
     readGraphView();
   });
+}
+
+/** The change tracker's graphChanged: reads the graph only if links changed or another graph shows. */
+export function refreshOnLinkChange() {
+  const graph = shownGraph();
+  if (graph !== lastRead.graph || linksKey(graph) !== lastRead.links) refreshGraphView();
 }
