@@ -5,15 +5,16 @@ given it plans the run (amdm_core.plan): each member's steps, the spans where on
 steps alone or several aggregate, the stages between hard handoffs. It then drives the
 members as ComfyUI's own samplers would:
 
-- a stage that is one member alone is one call of the user's SAMPLER on that member, as one
-  KSamplerAdvanced call of a chain; the latent passes to the next stage as a LATENT;
+- a stage that is one member alone is ComfyUI's own CFGGuider.sample of that member with
+  the user's SAMPLER, the call one KSamplerAdvanced stage of a chain makes (its wrappers
+  around a whole run included); the latent passes to the next stage as a LATENT;
 - any other stage steps the user's k-diffusion sampler function: whole segments where one
   member is alone, one step at a time where several aggregate (amdm_core.run_window).
 
-Each member is a MemberSession, prepared when its range begins and released when it ends,
-by one owner (_Run), in a flat list: a finished member's weights go back to ComfyUI's model
-management before a later member loads. Complete, interrupted and failed runs release every
-open session in one place. With one member active at every step the run is ComfyUI's own
+Each member of the other stages is a MemberSession, prepared when its range begins and
+released when it ends, by one owner (_Run), in a flat list. A finished member's weights go
+back to ComfyUI's model management while later members run, before they load. Complete,
+interrupted and failed runs release every open session in one place. With one member active at every step the run is ComfyUI's own
 CFGGuider.sample, bit for bit.
 """
 from __future__ import annotations
@@ -171,7 +172,7 @@ class _Run:
         self.seed = 0 if seed is None else seed
         self.batch_index = batch_index
         self.sessions: dict[int, MemberSession] = {}
-        self.finished: list[MemberSession] = []  # released, weights not yet given back
+        self.finished: list[Any] = []  # patchers of finished members, weights not yet given back
         self.closed: set[int] = set()
         # Member previews cost a concatenation per step, only where previews are shown.
         self.tiles = guider.member_previews and callback is not None and \
@@ -185,22 +186,33 @@ class _Run:
         no open or later member uses."""
         self.give_back_finished()
         member = self.members[index]
-        # A clone of its own: the member's guider registers (and restores) hook patches on
-        # its patcher, which must never be another member's, even for the very same MODEL.
-        member_guider = comfy.samplers.CFGGuider(self.models[index].clone())
-        member_guider.set_conds(member.positive, member.negative)
-        member_guider.set_cfg(member.cfg)
-        session = MemberSession(member_guider, member_label(index, member.name))
+        session = MemberSession(self.member_guider(index), member_label(index, member.name))
         self.sessions[index] = session
         logger.debug("preparing %s", session.label)
         session.prepare(noise, latent, sigmas, self.denoise_mask, seed)
         return session
 
+    def member_guider(self, index: int) -> comfy.samplers.CFGGuider:
+        """A CFGGuider of member ``index`` on a clone of its own: the guider registers (and
+        restores) hook patches on its patcher, which must never be another member's, even
+        for the very same MODEL."""
+        member = self.members[index]
+        guider = comfy.samplers.CFGGuider(self.models[index].clone())
+        guider.set_conds(member.positive, member.negative)
+        guider.set_cfg(member.cfg)
+        return guider
+
     def close(self, index: int) -> None:
-        self.closed.add(index)
         session = self.sessions.pop(index)
-        session.release(keep_controls=set().union(*(s.controls() for s in self.sessions.values())))
-        self.finished.append(session)
+        try:
+            session.release(keep_controls=set().union(*(s.controls() for s in self.sessions.values())))
+        finally:
+            self.retire(index, session.patcher)
+
+    def retire(self, index: int, patcher: Any) -> None:
+        """Member ``index`` has finished."""
+        self.closed.add(index)
+        self.finished.append(patcher)
         # At once while other members still run (or where memory is short); after the run's
         # last member, ComfyUI's model management keeps it loaded, as it keeps KSampler's.
         if self.sessions or self.later() or comfy.model_management.vram_state in (
@@ -217,11 +229,11 @@ class _Run:
         memory goes back to ComfyUI's model management)."""
         in_use = [s.patcher for s in self.sessions.values()] + [self.models[i] for i in self.later()]
         kept = []
-        for session in self.finished:
-            if any(shares_weights_storage(session.patcher, other) for other in in_use):
-                kept.append(session)
+        for patcher in self.finished:
+            if any(shares_weights_storage(patcher, other) for other in in_use):
+                kept.append(patcher)
             else:
-                compat.unload(session.patcher)
+                compat.unload(patcher)
         self.finished = kept
 
     def close_all(self) -> None:
@@ -270,13 +282,18 @@ class _Run:
 
     def single_stage(self, stage: Stage, noise: torch.Tensor, latent: torch.Tensor,
                      sigmas: torch.Tensor, callback: Callback) -> torch.Tensor:
-        """One member alone: one call of the user's SAMPLER, as a KSamplerAdvanced stage."""
+        """One member alone: ComfyUI's own CFGGuider.sample with the user's SAMPLER, the very
+        call a KSamplerAdvanced stage of a chain makes, so that the member's wrappers around
+        a whole run (EasyCache, context windows) wrap its stage, as they wrap that stage."""
         [index] = stage.spans[0].members
-        session = self.open(index, noise, latent, sigmas, self.raw_seed)
-        samples = session.sample(self.sampler, lambda i, denoised, x, total: callback(
-            {"i": i, "denoised": denoised, "x": x}), disable_pbar=True)
-        self.close(index)
-        return samples
+        self.give_back_finished()
+        guider = self.member_guider(index)
+        try:
+            return guider.sample(noise, latent, self.sampler, sigmas, self.denoise_mask,
+                                 lambda i, denoised, x, total: callback({"i": i, "denoised": denoised, "x": x}),
+                                 disable_pbar=True, seed=self.raw_seed)
+        finally:
+            self.retire(index, guider.model_patcher)
 
     def stepped_stage(self, stage: Stage, noise: torch.Tensor, latent: torch.Tensor,
                       sigmas: torch.Tensor, callback: Callback) -> torch.Tensor:
@@ -550,12 +567,14 @@ class AMDMGuider(comfy.samplers.CFGGuider):
         if compat.is_nested(latent_image):
             raise ValueError(f"{self.node}: nested latents (several latents packed into one, "
                              f"as audio-video models use) cannot be passed between members")
-        for index in sorted({m for span in plan.spans for m in span.members}):
+        stepped = {m for stage in plan.stages if not stage.single for span in stage.spans for m in span.members}
+        for index in sorted(stepped):
             wrappers = whole_run_wrappers(self.members[index].model)
             if wrappers:
                 raise ValueError(f"{self.node}: {self.labels[index]}'s MODEL carries wrappers around "
-                                 f"a whole sampling run ({', '.join(wrappers)}), which cannot wrap a "
-                                 f"member's part of a run; sample it alone")
+                                 f"a whole sampling run ({', '.join(wrappers)}), which cannot wrap the "
+                                 f"steps it aggregates; let it hand over (ranges that do not overlap) "
+                                 f"or sample it alone")
         try:
             run = _Run(self, plan, sampler, resident_models(self.members, self.target_index, plan.spans),
                        noise, latent_image, denoise_mask, sigmas, callback, seed, batch_index)

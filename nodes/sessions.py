@@ -10,8 +10,10 @@ in between (``run``), release (everything after, in reverse). ComfyUI's own
 Guider_DualModel prepares its second model the same way.
 
 One difference from CFGGuider.sample: wrappers around a whole sampling run (OUTER_SAMPLE,
-SAMPLER_SAMPLE: EasyCache, context windows) have no run of one member to wrap; a member
-that carries one is refused before sampling (``whole_run_wrappers``).
+SAMPLER_SAMPLE: EasyCache, context windows) have no run of one member to wrap where members
+aggregate; a member that carries one is refused there before sampling
+(``whole_run_wrappers``). A member alone in a stage of a handoff is not a session: it runs
+ComfyUI's own CFGGuider.sample, wrappers included, as a KSamplerAdvanced stage does.
 """
 from __future__ import annotations
 
@@ -153,13 +155,6 @@ class MemberSession:
         model_options.setdefault("transformer_options", {})["sample_sigmas"] = self.sigmas
         self.extra_args = {"model_options": model_options, "seed": seed}
         self.noise, self.latent_image, self.denoise_mask = noise, latent_image, denoise_mask
-
-    def sample(self, sampler: Any, callback: Optional[Callable], disable_pbar: bool) -> torch.Tensor:
-        """The sampler over all of the session's sigmas, as inner_sample runs it: the LATENT
-        samples (what one KSamplerAdvanced call returns)."""
-        samples = sampler.sample(self.guider, self.sigmas, self.extra_args, callback, self.noise,
-                                 self.latent_image, self.denoise_mask, disable_pbar)
-        return self.guider.inner_model.process_latent_out(samples.to(torch.float32))
 
     def start(self, sampler: Any) -> torch.Tensor:
         """Set up stepping the sampler's function in pieces, as KSAMPLER.sample sets up its

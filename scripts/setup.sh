@@ -8,7 +8,8 @@
 #   bash scripts/setup.sh            # torch, both ComfyUI releases and their requirements
 #   bash scripts/setup.sh --tests    # ... plus the test tools (pyproject.toml's `test` extra:
 #                                    #     pytest, playwright, gguf, and the ecosystem's comfy-cli,
-#                                    #     comfy-test, comfy-lint) and the generated test models
+#                                    #     comfy-test, comfy-lint), the generated test models and
+#                                    #     ComfyUI-GGUF at its pinned commit (scripts/fetch_comfyui_gguf.sh)
 #   bash scripts/setup.sh --browser  # ... --tests plus Debian's chromium and the current frontend
 #
 # The releases are those of scripts/comfyui-releases.txt. Each is taken from
@@ -188,5 +189,7 @@ fixture_models.ensure_fixture_models()
 family_models.ensure_family_models()
 print(f"setup: test models ready in {family_models.fixtures_dir().parent} ({time.perf_counter() - started:.1f}s)")
 ' "$repo_root/tests"
+    # The GGUF loader pack that tests/test_gguf.py runs beside this one.
+    bash "$repo_root/scripts/fetch_comfyui_gguf.sh"
 fi
 log "done in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"

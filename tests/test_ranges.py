@@ -56,6 +56,42 @@ def test_a_hard_handoff_is_the_ksampleradvanced_chain(amdm, model_a, model_b, pr
     assert log.sigmas == chain_calls and len(chain_calls["a"]) > 0 and len(chain_calls["b"]) > 0
 
 
+def test_a_member_with_a_whole_run_wrapper_hands_over_as_in_the_chain(amdm, model_a, model_b, prompts):
+    """ComfyUI's EasyCache (wrappers around a whole run: OUTER_SAMPLE, and its own around the
+    diffusion model) on the first expert wraps its stage as it wraps that KSamplerAdvanced
+    stage: the chain's result bit for bit, with the chain's UNet forwards, fewer than without
+    EasyCache (it acts); where such a member would aggregate, it is refused before sampling."""
+    Member, Schedule = amdm
+    cached = run_node("EasyCache", model=model_a, reuse_threshold=3.0, start_percent=0.0, end_percent=1.0,
+                      verbose=False)[0]
+    forwards = []
+    # On the UNet's output block: EasyCache skips a step inside the diffusion model's forward.
+    hook = model_a.model.diffusion_model.out.register_forward_pre_hook(
+        lambda module, args: forwards.append(1))
+    try:
+        def stages(first):
+            return [(first, prompts["red"], prompts["empty"], 7.0, 0, 6),
+                    (model_b, prompts["blue"], prompts["cat"], 4.0, 6, 10000)]
+        chain(stages(model_a), "euler")
+        uncached = len(forwards)
+        forwards.clear()
+        reference = chain(stages(cached), "euler")
+        chain_forwards = len(forwards)
+        forwards.clear()
+        out = amdm_sampler(handoff_stack(Member, stages(cached)), Schedule(target_member=2), "euler", steps=STEPS)
+        assert torch.equal(out, reference)
+        assert len(forwards) == chain_forwards < uncached
+        overlapping = handoff_stack(Member, [(cached, prompts["red"], prompts["empty"], 7.0, 0, 6),
+                                             (model_b, prompts["blue"], prompts["cat"], 4.0, 4, 10000)])
+        forwards.clear()
+        with pytest.raises(ValueError, match="AMDMSampler: member 1's MODEL carries wrappers around a whole "
+                                             "sampling run \\(easycache\\), which cannot wrap the steps it aggregates"):
+            amdm_sampler(overlapping, Schedule(target_member=2), "euler", steps=STEPS)
+        assert forwards == []
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
 def test_three_stages_on_lora_clones_of_one_checkpoint(amdm, model_a, prompts, fixture_files, sampler):
     """Staged LoRAs: the checkpoint alone, then two LoRA strengths, each at its own cfg; the
