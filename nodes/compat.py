@@ -94,6 +94,14 @@ def prepare_multigpu_clones(guider: Any) -> list[Any]:
     return patchers
 
 
+def multigpu_clones(guider: Any) -> list[Any]:
+    """The per-device clones of a guider's model that ComfyUI's multi-GPU sampling prepared
+    for its run (0.28 keeps them, with the guider's own patcher, in model_options under
+    "multigpu_clones"); none on releases without multi-GPU sampling."""
+    clones = (guider.model_options or {}).get("multigpu_clones", {})
+    return [patcher for patcher in clones.values() if patcher is not guider.model_patcher]
+
+
 def shutdown_multigpu_pool(guider: Any) -> None:
     pool = guider.model_options.pop("multigpu_thread_pool", None)
     if pool is not None:

@@ -44,9 +44,8 @@ def load_device(patcher: Any) -> torch.device:
 
 def _patchers(guider: Any) -> list[Any]:
     """The patchers a guider's evaluation runs on: its model's, and the per-device clones
-    ComfyUI's multi-GPU sampling prepared for it (0.28: model_options["multigpu_clones"])."""
-    clones = guider.model_options.get("multigpu_clones", {}) if guider.model_options else {}
-    return [guider.model_patcher, *clones.values()]
+    ComfyUI's multi-GPU sampling prepared for it."""
+    return [guider.model_patcher, *compat.multigpu_clones(guider)]
 
 
 def _twins(a: Any, b: Any) -> bool:

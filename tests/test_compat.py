@@ -7,6 +7,7 @@ import ast
 import logging
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ COMFY_MODULES = {"comfy", "comfy_extras", "comfy_api", "comfy_execution", "laten
                  "comfyui_version"}
 # Calls that probe what a release has: only compat may make them.
 PROBES = {"hasattr", "signature", "getfullargspec"}
+# Keys under which only some releases keep a feature (model_options of 0.28's multi-GPU
+# sampling): looking one up is a probe too.
+RELEASE_ONLY_KEYS = {"multigpu_clones", "multigpu_thread_pool"}
+# What makes a compat function more than an alias: it asks what the release has.
+FEATURE_DETECTION = PROBES | {"getattr", "_accepts", "inspect"}
 COMPAT = REPO_ROOT / "nodes" / "compat.py"
 
 
@@ -47,11 +53,12 @@ def _rooted_in(node: ast.AST, names: set[str]) -> bool:
     return isinstance(node, ast.Name) and node.id in names
 
 
-def _version_probes(path: Path) -> list[str]:
+def _version_probes(source: str) -> list[str]:
     """Feature detection and private ComfyUI names in a module: probe calls (hasattr,
-    inspect.signature), getattr with a default on something of ComfyUI, imports of private
-    names from ComfyUI, and ``_private`` attributes of ComfyUI modules."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    inspect.signature), getattr with a default on something of ComfyUI, lookups of keys only
+    some releases set, imports of private names from ComfyUI, and ``_private`` attributes of
+    ComfyUI modules."""
+    tree = ast.parse(source)
     comfy_names = _comfy_names(tree)
     found = []
     for node in ast.walk(tree):
@@ -62,6 +69,8 @@ def _version_probes(path: Path) -> list[str]:
                 found.append(f"{name}() (line {node.lineno})")
             elif name == "getattr" and len(node.args) == 3 and _rooted_in(node.args[0], comfy_names):
                 found.append(f"getattr with a default (line {node.lineno})")
+        elif isinstance(node, ast.Constant) and node.value in RELEASE_ONLY_KEYS:
+            found.append(f"{node.value!r} (line {node.lineno})")
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.split(".")[0] in COMFY_MODULES:
             found += [f"from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
@@ -72,27 +81,80 @@ def _version_probes(path: Path) -> list[str]:
 
 
 def test_only_compat_detects_what_a_release_has():
-    assert _version_probes(COMPAT), "the scan must see compat's own probes"
+    assert _version_probes(COMPAT.read_text(encoding="utf-8")), "the scan must see compat's own probes"
     elsewhere = {path.name: probes for path in _pack_sources() if path != COMPAT
-                 for probes in [_version_probes(path)] if probes}
+                 for probes in [_version_probes(path.read_text(encoding="utf-8"))] if probes}
     assert elsewhere == {}
+
+
+def test_the_probe_scan_sees_a_lookup_of_a_release_only_key():
+    source = 'def clones(guider):\n    return guider.model_options.get("multigpu_clones", {})\n'
+    assert _version_probes(source) == ["'multigpu_clones' (line 2)"]
+    assert _version_probes('pool = options["multigpu_thread_pool"]\n') == ["'multigpu_thread_pool' (line 1)"]
+    assert _version_probes('has = "multigpu_clones" in options\n') == ["'multigpu_clones' (line 1)"]
+
+
+def _aliases(source: str) -> list[str]:
+    """Functions whose body (docstring aside) is one ``return`` of an attribute, call or
+    subscript chain rooted at a parameter or a ComfyUI module, asking nothing of the release
+    (no getattr, hasattr, _accepts or inspect): another name for what the caller could
+    write itself."""
+    tree = ast.parse(source)
+    comfy_names = _comfy_names(tree)
+    aliases = []
+    for function in (node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        body = [statement for statement in function.body
+                if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))]
+        if len(body) != 1 or not isinstance(body[0], ast.Return):
+            continue
+        value = body[0].value
+        arguments = function.args
+        parameters = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
+                                      arguments.vararg, arguments.kwarg) if a is not None}
+        if not isinstance(value, (ast.Attribute, ast.Call, ast.Subscript)) or \
+                not _rooted_in(value, parameters | comfy_names):
+            continue
+        named = {node.id for node in ast.walk(value) if isinstance(node, ast.Name)} | \
+            {node.attr for node in ast.walk(value) if isinstance(node, ast.Attribute)}
+        if not named & FEATURE_DETECTION:
+            aliases.append(function.name)
+    return aliases
+
+
+def test_the_alias_rule_sees_aliases_of_parameters_and_of_comfyui():
+    source = textwrap.dedent('''
+        import comfy.model_management
+
+        def guider_model(g):
+            return g.model_patcher
+
+        def f(x):
+            """A docstring does not count."""
+            return comfy.model_management.foo(x)
+
+        def options(guider):
+            return guider.model_options["transformer_options"]
+
+        def detected(x):
+            return comfy.model_management.foo(x, getattr(x, "seed", None))
+
+        def accepted(f, x):
+            return f(x, **({"seed": 1} if _accepts(f, "seed") else {}))
+
+        def probed(f):
+            return f(inspect.signature(f))
+
+        def computed(x):
+            y = x.model
+            return y.size
+        ''')
+    assert _aliases(source) == ["guider_model", "f", "options"]
 
 
 def test_compat_holds_no_one_statement_aliases():
     """Every function of compat detects something (a probe, a fallback, an import that may
-    fail) or does more than return one ComfyUI expression (one rooted at the comfy package)."""
-    tree = ast.parse(COMPAT.read_text(encoding="utf-8"))
-    aliases = []
-    for function in (node for node in tree.body if isinstance(node, ast.FunctionDef)):
-        body = [statement for statement in function.body
-                if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))]
-        if len(body) == 1 and isinstance(body[0], ast.Return):
-            names = {node.id for node in ast.walk(body[0]) if isinstance(node, ast.Name)}
-            calls = {node.func.id for node in ast.walk(body[0]) if isinstance(node, ast.Call)
-                     and isinstance(node.func, ast.Name)}
-            if "comfy" in names and not calls & {"getattr", "hasattr", "_accepts", "bool"}:
-                aliases.append(function.name)
-    assert aliases == []
+    fail) or does more than return one expression of its parameters or of ComfyUI."""
+    assert _aliases(COMPAT.read_text(encoding="utf-8")) == []
 
 
 def test_the_declared_comfyui_range_is_the_checked_one(pack):

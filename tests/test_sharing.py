@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import queue
+import threading
 import weakref
 
 import comfy.model_management
@@ -18,7 +20,7 @@ import pytest
 import torch
 
 from support.comfy_env import run_node
-from support.sampling import (STEPS, amdm, amdm_sampler, interrupting_clone,  # noqa: F401
+from support.sampling import (STEPS, amdm, amdm_sampler, empty_latent, interrupting_clone,  # noqa: F401
                               ksampler, model_a, model_b, prompts, vram_state)
 
 
@@ -39,6 +41,30 @@ def recording(monkeypatch, owner, name: str):
 def lora_clone(model, fixture_files, strength: float = 1.0):
     return run_node("LoraLoaderModelOnly", model=model, lora_name=fixture_files["lora"].name,
                     strength_model=strength)[0]
+
+
+class StandInPool:
+    """ComfyUI's multi-GPU thread pool as the pack uses it (submit, get_result, shutdown),
+    each piece of work run on this thread when it is submitted: for releases without the
+    pool, and for GPUs a CPU machine has no worker for."""
+
+    def __init__(self, devices):
+        self.results = {device: queue.Queue() for device in devices}
+        self.submitted = []
+        self.shut_down = False
+
+    def submit(self, device, fn, *args, **kwargs):
+        self.submitted.append(device)
+        try:
+            self.results[device].put((fn(*args, **kwargs), None))
+        except Exception as error:
+            self.results[device].put((None, error))
+
+    def get_result(self, device):
+        return self.results[device].get_nowait()
+
+    def shutdown(self):
+        self.shut_down = True
 
 
 def test_a_lora_member_is_patched_once_not_at_every_window_step(amdm, model_a, prompts,
@@ -415,6 +441,27 @@ def test_the_memory_check_counts_a_shared_checkpoint_once(model_a, fixture_files
         2 * size + int(comfy.model_management.minimum_inference_memory())
 
 
+@pytest.mark.parametrize("modules, copied", [(2.5, True), (1.5, False)])
+def test_a_resident_copy_is_made_where_the_shared_checkpoint_and_one_copy_fit(
+        amdm, model_a, prompts, fixture_files, monkeypatch, modules, copied):
+    """The decision itself: on a device that holds ComfyUI's inference reserve and 2.5
+    times the checkpoint, a LoRA clone stepping in turn with its target gets a resident copy
+    (target and clone share one module, so one copy needs two); with 1.5 times, none.
+    Counting the shared module twice would refuse the copy at 2.5 too."""
+    from comfyui_amdm.amdm_core import Span
+    from comfyui_amdm.nodes import sharing
+    Member, _ = amdm
+    lora = lora_clone(model_a, fixture_files, 0.6)  # a MODEL of its own: copies are kept per MODEL
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(lora, prompts["blue"], prompts["empty"], 5.0)]
+    total = int(modules * model_a.model_size() + comfy.model_management.minimum_inference_memory())
+    monkeypatch.setattr(comfy.model_management, "get_total_memory",
+                        lambda dev=None, torch_total_too=False: (total, total) if torch_total_too else total)
+    models = sharing.resident_models(members, 0, [Span(range(0, 4), (0, 1))])
+    on_a_copy = models[1].model is not model_a.model
+    assert models[0] is model_a and on_a_copy == copied and (models[1] is lora) == (not copied)
+
+
 def test_a_resident_copy_shares_no_hook_state_with_its_original(model_a, fixture_files):
     from comfyui_amdm.nodes import compat
     lora = lora_clone(model_a, fixture_files, 0.4)
@@ -445,17 +492,56 @@ def test_members_on_devices_load_in_one_call(amdm, model_a, model_b, prompts, mo
     assert all(any(m is g.model_patcher for m in loaded) for g in guiders)
 
 
+def test_a_window_step_on_several_gpus_loads_its_members_in_one_call(amdm, model_a, model_b,
+                                                                     prompts, monkeypatch):
+    """The per-device path of a window step, as the run drives it: two members on two GPUs
+    are handed to one load call (reserving what both reserve) before any device steps, and
+    each device's steps run on its pool worker. On a CPU machine the sessions are prepared
+    on the CPU and then placed on two GPUs, and the pool is a stand-in."""
+    from comfyui_amdm.nodes import compat, guider, sharing
+    Member, Schedule = amdm
+    members = [Member(model_a, prompts["red"], prompts["empty"], 7.0),
+               Member(model_b, prompts["blue"], prompts["empty"], 5.0)]
+    amdm_guider = guider.AMDMGuider(members, Schedule())
+    latent = empty_latent()["samples"]
+    noise = torch.randn(latent.shape, generator=torch.manual_seed(0))
+    sigmas = run_node("BasicScheduler", model=model_a, scheduler="normal", steps=4, denoise=1.0)[0]
+    models = [member.model for member in members]
+    run = guider._Run(amdm_guider, amdm_guider.plan(sigmas), comfy.samplers.ksampler("euler"), models,
+                      noise, latent, None, sigmas, None, 0, None)
+    pools = []
+    monkeypatch.setattr(compat, "device_pool", lambda devices: pools.append(StandInPool(devices)) or pools[-1])
+    try:
+        sessions = [run.open(i, noise, latent, sigmas, 0) for i in range(2)]
+        for number, session in enumerate(sessions):
+            session.device = torch.device("cuda", number)
+        shared = sharing.SharedEvaluation(sessions, models, members, False)
+        states = [torch.zeros(2), torch.full((2,), 2.0)]
+        comfy.model_management.unload_all_models()
+        with recording(monkeypatch, guider, "load_together") as together, \
+                recording(monkeypatch, comfy.model_management, "load_models_gpu") as loads:
+            with run.stepping(sessions, [0, 1], shared) as map_steps:
+                proposals = map_steps([lambda x, k: x + k, lambda x, k: x * k], states, 3)
+    finally:
+        run.close_all()
+    [pool] = pools
+    assert pool.submitted == [torch.device("cuda", 0), torch.device("cuda", 1)] and pool.shut_down
+    assert [p.tolist() for p in proposals] == [[3.0, 3.0], [6.0, 6.0]]
+    assert len(together) == 1 and len(loads) == 1
+    (handed, memory, minimum), _ = together[0]
+    assert list(handed) == [session.guider for session in sessions]
+    assert (memory, minimum) == (sum(s.memory_required for s in sessions),
+                                 sum(s.minimum_memory_required for s in sessions))
+    assert all(any(p is s.patcher for p in loads[0][0][0]) for s in sessions)
+
+
 def test_a_worker_error_is_raised_once_every_device_answered():
     """One device's step fails: the others' results are collected first, so that no worker
-    is left with a result nobody reads (the next step would read it as its own)."""
-    import threading
+    is left with a result nobody reads (the next step would read it as its own). On
+    ComfyUI's pool where the release has one, else on a stand-in with its interface."""
     from comfyui_amdm.nodes import compat, guider
     devices = [torch.device("cpu", 0), torch.device("cpu", 1)]
-    pool = compat.device_pool(devices)
-    if pool is None:  # releases without ComfyUI's multi-GPU pool step members one after another
-        import importlib.util
-        assert importlib.util.find_spec("comfy.multigpu") is None
-        return
+    pool = compat.device_pool(devices) or StandInPool(devices)
     release = threading.Event()
 
     def fails():
@@ -465,9 +551,9 @@ def test_a_worker_error_is_raised_once_every_device_answered():
         release.wait(5)
         return [torch.tensor(value)]
     try:
+        threading.Timer(0.2, release.set).start()
         pool.submit(devices[0], fails)
         pool.submit(devices[1], slow, 1.0)
-        threading.Timer(0.2, release.set).start()
         with pytest.raises(RuntimeError, match="device 0 failed"):
             guider.gather(pool, {devices[0]: [0], devices[1]: [1]}, 2)
         pool.submit(devices[1], lambda: [torch.tensor(2.0)])
