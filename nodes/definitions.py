@@ -292,8 +292,9 @@ class AMDMExpertBoundary(io.ComfyNode):
                 io.Combo.Input("preset", options=[*BOUNDARY_PRESETS, CUSTOM], default=next(iter(BOUNDARY_PRESETS)),
                                tooltip="The reference boundary of a model family, as a fraction of the "
                                        "training timesteps; custom: the boundary and unit below."),
-                io.Float.Input("boundary", default=0.875, min=0.0, max=1.0, step=0.001,
-                               tooltip="With preset custom: the boundary, in the unit below."),
+                io.Float.Input("boundary", default=0.875, min=0.0, max=1000.0, step=0.001,
+                               tooltip="With preset custom: the boundary, in the unit below (timestep "
+                                       "and percent: 0 to 1; sigma: within the model's sigmas)."),
                 io.Combo.Input("unit", options=["timestep", "sigma", "percent"], default="timestep",
                                tooltip="timestep: a fraction of the model's training timesteps on its "
                                        "shifted schedule (Wan 2.2's 0.875); sigma: ComfyUI's sigma; "
@@ -313,12 +314,18 @@ class AMDMExpertBoundary(io.ComfyNode):
         sampling = model.get_model_object("model_sampling")
         if preset != CUSTOM:
             boundary, unit = BOUNDARY_PRESETS[preset], "timestep"
+        sigma_min, sigma_max = float(sampling.sigma_min), float(sampling.sigma_max)
+        if unit != "sigma" and boundary > 1.0:
+            raise _node_error("AMDMExpertBoundary", ValueError(
+                f"boundary {boundary} in unit {unit} must be at most 1 (a fraction)"))
+        if unit == "sigma" and not sigma_min <= boundary <= sigma_max:
+            raise _node_error("AMDMExpertBoundary", ValueError(
+                f"boundary sigma {boundary} is outside this model's sigmas [{sigma_min:.4g}, {sigma_max:.4g}]"))
         if unit == "percent":
             percent = boundary
         else:
             sigma = boundary if unit == "sigma" else sigma_at_timestep(
-                boundary, lambda s: float(sampling.timestep(torch.tensor(s))),
-                float(sampling.sigma_min), float(sampling.sigma_max))
+                boundary, lambda s: float(sampling.timestep(torch.tensor(s))), sigma_min, sigma_max)
             # Just past the boundary's own percent: a step exactly on the boundary stays with
             # the first expert, as the reference switches (timestep >= boundary: first).
             percent = progress_of(sigma, sampling.percent_to_sigma) + 2 * PROGRESS_TIE

@@ -189,7 +189,8 @@ class _Run:
         session = MemberSession(self.member_guider(index), member_label(index, member.name))
         self.sessions[index] = session
         logger.debug("preparing %s", session.label)
-        session.prepare(noise, latent, sigmas, self.denoise_mask, seed)
+        with compat.device_context(session.device):
+            session.prepare(noise, latent, sigmas, self.denoise_mask, seed)
         return session
 
     def member_guider(self, index: int) -> comfy.samplers.CFGGuider:
@@ -315,10 +316,11 @@ class _Run:
                 [index] = span.members
                 session = self.sessions[index]
                 session.activate()
-                carried = self.drive.run(session.model_k, states.get(index, carried),
-                                         session.sigmas[local.start:local.stop + 1], session.extra_args,
-                                         _offset_callback(callback, local.start),
-                                         self.segment_seed(span, number))
+                with compat.device_context(session.device):
+                    carried = self.drive.run(session.model_k, states.get(index, carried),
+                                             session.sigmas[local.start:local.stop + 1], session.extra_args,
+                                             _offset_callback(callback, local.start),
+                                             self.segment_seed(span, number))
                 states = {index: carried}
             for index in span.members:
                 if self.plan.active[index].stop == span.steps.stop and index != leaving:

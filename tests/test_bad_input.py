@@ -222,3 +222,22 @@ def test_a_refused_sampler_runs_where_nothing_aggregates(pack, counted, conds, e
                         Schedule(start_step=5, end_step=9))
     guider.sample(torch.randn_like(latent), latent, comfy.samplers.sampler_object("dpm_adaptive"), sigmas)
     assert evaluations
+
+
+def test_expert_boundary_in_sigma_covers_the_models_sigmas(pack, sd15):
+    """A boundary in ComfyUI's sigma reaches past 1 for SD-family models (their sigmas run
+    to about 14.6); a sigma outside the model's, or a fraction above 1, is an error naming
+    the node."""
+    from comfyui_amdm.amdm_core import progress_of
+    from comfyui_amdm.amdm_core.schedule import PROGRESS_TIE
+    model = sd15[0]
+    sampling = model.get_model_object("model_sampling")
+    end, start = run_node("AMDMExpertBoundary", model=model, preset="custom", boundary=5.0, unit="sigma",
+                          overlap=0.0)
+    # just past the boundary's own percent, so that a step on it stays with the first expert
+    assert end == start == pytest.approx(progress_of(5.0, sampling.percent_to_sigma) + 2 * PROGRESS_TIE, abs=1e-9)
+    with pytest.raises(ValueError, match=r"AMDMExpertBoundary: boundary sigma 20.0 is outside this model's "
+                                         r"sigmas \[0.029\d*, 14.6\d*\]"):
+        run_node("AMDMExpertBoundary", model=model, preset="custom", boundary=20.0, unit="sigma", overlap=0.0)
+    with pytest.raises(ValueError, match=r"AMDMExpertBoundary: boundary 1.5 in unit timestep must be at most 1"):
+        run_node("AMDMExpertBoundary", model=model, preset="custom", boundary=1.5, unit="timestep", overlap=0.0)

@@ -3,8 +3,10 @@ schedules and samplers give the same latents, bit for bit, as the recording of t
 ComfyUI release in ``tests/data/recorded_outputs_comfyui_<version>.safetensors`` (ComfyUI's own
 arithmetic differs between releases in the last bits).
 
-The recordings were made on x86-64 CPUs with the set-up's torch (see each file's metadata) with
-the pack as it was before member ranges and explicit member sessions; with another torch build
+The recordings were made on x86-64 CPUs with the set-up's torch (see each file's metadata). The
+cases that existed before member ranges and explicit member sessions give the latents the pack
+gave before them (checked against that code on both releases); cases added since (the handoff
+examples, some samplers) were recorded from the code after it. With another torch build
 or processor the float kernels may round differently, and this test says which recording it
 compared against. ``AMDM_RECORD=1 python3 -m pytest tests/test_recorded_outputs.py`` writes
 the running release's recording anew from the code as it is (only for a deliberate change of
