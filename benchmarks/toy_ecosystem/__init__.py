@@ -8,6 +8,6 @@ DEVELOPMENT_SEEDS: tuple[int, ...] = (1,)
 REPORT_SEEDS: tuple[int, ...] = (2, 3, 4)
 # ComfyUI seeds per request: each a sampler call over all 48 requests.
 SEEDS_PER_REQUEST = 2
-# The handoff table's, fewer: its rows all reach the same joint accuracy on ecosystem 1,
-# and the main job must stay within 10 minutes on two cores.
+# The handoff table's, fewer: every row but the base reaches joint accuracy 1.00 in every
+# ecosystem (docs/handoff.md), and the main job must stay within 10 minutes on two cores.
 HANDOFF_SEEDS_PER_REQUEST = 1
