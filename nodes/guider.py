@@ -214,9 +214,13 @@ class _Run:
         """Member ``index`` has finished."""
         self.closed.add(index)
         self.finished.append(patcher)
-        # At once while other members still run (or where memory is short); after the run's
-        # last member, ComfyUI's model management keeps it loaded, as it keeps KSampler's.
-        if self.sessions or self.later() or comfy.model_management.vram_state in (
+        # A member that handed over (an expert whose successor started after it) gives its
+        # weights back at once, while its successors run; so does any finished member where
+        # memory is short. Members that leave an AMDM window while the target goes on stay
+        # loaded, as ComfyUI keeps a model between runs: the next run needs them again.
+        start = self.plan.active[index].start
+        handed_over = any(self.plan.active[i].start > start for i in [*self.sessions, *self.later()])
+        if handed_over or comfy.model_management.vram_state in (
                 comfy.model_management.VRAMState.LOW_VRAM, comfy.model_management.VRAMState.NO_VRAM):
             self.give_back_finished()
 

@@ -210,6 +210,18 @@ def test_a_finished_expert_is_unloaded_before_the_next_one_loads(amdm, model_a, 
         assert all(a not in ids for ids in after)  # given back as soon as its range ends
 
 
+def test_members_leaving_a_window_stay_loaded_for_the_next_run(amdm, model_a, model_b, prompts):
+    """A member whose AMDM window ends while the target goes on did not hand over: as
+    ComfyUI keeps KSampler's model, both stay loaded after the run (the next run needs them)."""
+    Member, Schedule = amdm
+    with vram_state(comfy.model_management.VRAMState.NORMAL_VRAM):
+        amdm_sampler([Member(model_a, prompts["red"], prompts["empty"], 7.0),
+                      Member(model_b, prompts["blue"], prompts["empty"], 4.0)],
+                     Schedule(end_percent=0.5), "euler", steps=STEPS)
+        loaded = {id(m.model) for m in comfy.model_management.loaded_models() if m is not None}
+    assert {id(model_a.model), id(model_b.model)} <= loaded
+
+
 def test_an_interrupted_handoff_leaves_no_weights_patched(amdm, model_a, prompts, fixture_files):
     Member, Schedule = amdm
     lora = run_node("LoraLoaderModelOnly", model=model_a, lora_name=fixture_files["lora"].name,
