@@ -9,7 +9,6 @@
 //   classic.js the badge in a node's title on the classic canvas
 //   nodes2.js  the badge as a widget row under Nodes 2.0
 //   hooks.js   when to read the graph again: only when an input of the view may have changed
-//   templates.js the order of the pack's cards in the template browser
 // The other modules register nothing: ComfyUI imports every .js file of the pack, and they
 // only define functions.
 import { app } from "../../../scripts/app.js";
@@ -18,7 +17,6 @@ import { addChartWidget } from "./amdm/chart.js";
 import { addClassicBadge } from "./amdm/classic.js";
 import { addBadgeWidget } from "./amdm/nodes2.js";
 import { refreshGraphView, refreshOnLinkChange } from "./amdm/hooks.js";
-import { orderTemplateCards } from "./amdm/templates.js";
 
 // For the browser tests: what the chart and the badges read from the graph and the route.
 export { chartRequest, memberInfo } from "./amdm/graph.js";
@@ -29,10 +27,6 @@ const PACK_NODE_TYPES = new Set(["ModelStack", "AggregationSchedule", "AMDMGuide
 app.registerExtension({
   // Under the pack's DisplayName, as `comfy-test lint` requires of extension names.
   name: "amdmaggregationofmultiplediffusionmodels.GraphView",
-  init() {
-    // Before the frontend first lists the templates.
-    orderTemplateCards();
-  },
   setup() {
     // The workflow's change tracker reports every edit; hooks.js keeps those that change links.
     api.addEventListener("graphChanged", refreshOnLinkChange);
