@@ -15,7 +15,7 @@
 #
 # The releases' runs go side by side (one run keeps about one core busy: it waits on servers
 # and browsers, and the tiny test models' ops gain little from a second thread; on a 2-core
-# machine .ci/run took 24 minutes so, 30 one after the other), each with its own artifacts folder,
+# machine both ended within 21 minutes so in .ci/run), each with its own artifacts folder,
 # test-artifacts/<run>/, where its output goes (pytest.log, printed when both have ended),
 # its servers' logs and screenshots. OMP_WAIT_POLICY=PASSIVE keeps torch's idle threads from
 # spinning on cores the other run needs; it changes no result.
