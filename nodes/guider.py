@@ -12,10 +12,10 @@ members as ComfyUI's own samplers would:
   member is alone, one step at a time where several aggregate (amdm_core.run_window).
 
 Each member of the other stages is a MemberSession, prepared when its range begins and
-released when it ends, by one owner (_Run), in a flat list. A finished member's weights go
-back to ComfyUI's model management while later members run, before they load. Complete,
-interrupted and failed runs release every open session in one place. With one member active at every step the run is ComfyUI's own
-CFGGuider.sample, bit for bit.
+released when it ends, by one owner (_Run), in a flat list. An expert that hands over gives
+its weights back to ComfyUI's model management at once, while its successors run. Complete,
+interrupted and failed runs release every open session in one place. With one member active
+at every step the run is ComfyUI's own CFGGuider.sample, bit for bit.
 """
 from __future__ import annotations
 
@@ -578,9 +578,9 @@ class AMDMGuider(comfy.samplers.CFGGuider):
             wrappers = whole_run_wrappers(self.members[index].model)
             if wrappers:
                 raise ValueError(f"{self.node}: {self.labels[index]}'s MODEL carries wrappers around "
-                                 f"a whole sampling run ({', '.join(wrappers)}), which cannot wrap the "
-                                 f"steps it aggregates; let it hand over (ranges that do not overlap) "
-                                 f"or sample it alone")
+                                 f"a whole sampling run ({', '.join(wrappers)}), which cannot wrap its "
+                                 f"part of a stage where members aggregate; let it hand over (ranges "
+                                 f"that do not overlap) or sample it alone")
         try:
             run = _Run(self, plan, sampler, resident_models(self.members, self.target_index, plan.spans),
                        noise, latent_image, denoise_mask, sigmas, callback, seed, batch_index)

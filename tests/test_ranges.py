@@ -41,19 +41,26 @@ def handoff_stack(Member, stages: list) -> list:
             for model, positive, negative, cfg, start, end in stages]
 
 
+def chain_and_handoff(Member, Schedule, log: EvaluationLog, stages: list, sampler: str) -> tuple:
+    """The chain's latent and each stage's evaluated sigmas, then the same of the pack's
+    handoff over those stages' ranges (the last stage the target)."""
+    reference = chain(stages, sampler)
+    chain_calls = {name: list(calls) for name, calls in log.sigmas.items()}
+    for calls in log.sigmas.values():
+        calls.clear()
+    out = amdm_sampler(handoff_stack(Member, stages), Schedule(target_member=len(stages)), sampler, steps=STEPS)
+    return reference, chain_calls, out, log.sigmas
+
+
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
 def test_a_hard_handoff_is_the_ksampleradvanced_chain(amdm, model_a, model_b, prompts, sampler):
     Member, Schedule = amdm
     log = EvaluationLog()
     stages = [(log.watch(model_a, "a"), prompts["red"], prompts["empty"], 7.0, 0, 3),
               (log.watch(model_b, "b"), prompts["blue"], prompts["cat"], 4.0, 3, 10000)]
-    reference = chain(stages, sampler)
-    chain_calls = {name: list(calls) for name, calls in log.sigmas.items()}
-    for calls in log.sigmas.values():
-        calls.clear()
-    out = amdm_sampler(handoff_stack(Member, stages), Schedule(target_member=2), sampler, steps=STEPS)
+    reference, chain_calls, out, calls = chain_and_handoff(Member, Schedule, log, stages, sampler)
     assert torch.equal(out, reference)
-    assert log.sigmas == chain_calls and len(chain_calls["a"]) > 0 and len(chain_calls["b"]) > 0
+    assert calls == chain_calls and len(chain_calls["a"]) > 0 and len(chain_calls["b"]) > 0
 
 
 def test_a_member_with_a_whole_run_wrapper_hands_over_as_in_the_chain(amdm, model_a, model_b, prompts):
@@ -85,7 +92,8 @@ def test_a_member_with_a_whole_run_wrapper_hands_over_as_in_the_chain(amdm, mode
                                              (model_b, prompts["blue"], prompts["cat"], 4.0, 4, 10000)])
         forwards.clear()
         with pytest.raises(ValueError, match="AMDMSampler: member 1's MODEL carries wrappers around a whole "
-                                             "sampling run \\(easycache\\), which cannot wrap the steps it aggregates"):
+                                             "sampling run \\(easycache\\), which cannot wrap its part of a stage where "
+                                             "members aggregate"):
             amdm_sampler(overlapping, Schedule(target_member=2), "euler", steps=STEPS)
         assert forwards == []
     finally:
@@ -103,16 +111,9 @@ def test_three_stages_on_lora_clones_of_one_checkpoint(amdm, model_a, prompts, f
     stages = [(log.watch(model_a, "base"), prompts["red"], prompts["empty"], 6.0, 0, 2),
               (log.watch(lora[0], "lora 1.0"), prompts["red"], prompts["empty"], 2.0, 2, 5),
               (log.watch(lora[1], "lora 0.5"), prompts["red"], prompts["empty"], 1.0, 5, 10000)]
-    reference = chain(stages, sampler)
-    chain_calls = {name: list(calls) for name, calls in log.sigmas.items()}
-    for calls in log.sigmas.values():
-        calls.clear()
-    out = amdm_sampler(handoff_stack(Member, stages), Schedule(target_member=3), sampler, steps=STEPS)
+    reference, chain_calls, out, calls = chain_and_handoff(Member, Schedule, log, stages, sampler)
     assert torch.equal(out, reference)
-    assert log.sigmas == chain_calls and all(len(calls) > 0 for calls in chain_calls.values())
-    # nothing leaks: the checkpoint alone samples as before
-    assert torch.equal(ksampler(model_a, prompts["red"], prompts["empty"], 6.0, "euler"),
-                       ksampler(model_a.clone(), prompts["red"], prompts["empty"], 6.0, "euler"))
+    assert calls == chain_calls and all(len(stage_calls) > 0 for stage_calls in chain_calls.values())
     # nothing leaks: the checkpoint alone samples as before
     assert torch.equal(ksampler(model_a, prompts["red"], prompts["empty"], 6.0, "euler"),
                        ksampler(model_a.clone(), prompts["red"], prompts["empty"], 6.0, "euler"))
